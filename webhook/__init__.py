@@ -1,0 +1,2 @@
+"""meshgate: a Kubernetes admission webhook that enrols pods in a service mesh
+and gates NET_ADMIN."""

@@ -1,0 +1,161 @@
+"""The HTTP shell: FastAPI app factory, body checks, status mapping, logs and metrics.
+
+Everything between the socket and `admission.admit` lives here, and only here: the body
+limit (413), the content type (415), malformed reviews (400), overload and readiness (503),
+unexpected errors (500, logged and counted). The admission routes are plain Starlette routes
+inside the FastAPI app: they take the raw body and return raw JSON, with no model
+validation of the pod, which the hot path does not need.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .admission import BadRequest, Context, Outcome, admit, parse_review
+from .metrics import Metrics
+
+MAX_BODY = 7 * 1024 * 1024  # the API server caps objects at 3 MiB; a review carries two
+MAX_IN_FLIGHT = 256  # at least 64 (SPEC 5); beyond this, 503 and the failurePolicy applies
+
+log = logging.getLogger("meshgate.admission")
+
+
+@dataclass
+class Runtime:
+    """What the app serves from: the current Context snapshot, replaced whole on change."""
+
+    context: Context | None = None
+    policy_source: str = ""
+    not_ready_detail: str = "no policy loaded yet"
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
+
+    def install(self, context: Context, source: str) -> None:
+        self.context = context
+        self.policy_source = source
+        self.metrics.set_policy(context.policy.version)
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str, uid: str | None = None) -> Response:
+    payload: dict[str, Any] = {"error": message}
+    if uid:
+        payload["uid"] = uid
+    return _json(status, payload)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds `limit` (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    runtime: Runtime, *, max_body: int = MAX_BODY, max_in_flight: int = MAX_IN_FLIGHT
+) -> FastAPI:
+    app = FastAPI(title="meshgate", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = runtime.metrics
+    in_flight = 0
+
+    def record(endpoint: str, outcome: Outcome, started: float) -> None:
+        metrics.requests.labels(endpoint, outcome.operation, outcome.decision).inc()
+        metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        if endpoint == "mutate" and outcome.mode:
+            metrics.decisions.labels(outcome.mode, outcome.decision).inc()
+        if endpoint == "validate" and outcome.violations:
+            metrics.violations.labels(outcome.gate_action).inc(len(outcome.violations))
+        log.info(
+            "admission",
+            extra={
+                "uid": outcome.review["response"]["uid"],
+                "endpoint": endpoint,
+                "namespace": outcome.namespace,
+                "pod": outcome.name,
+                "operation": outcome.operation,
+                "decision": outcome.decision,
+                "allowed": outcome.allowed,
+                "reason": outcome.reason,
+                "violations": list(outcome.violations),
+            },
+        )
+
+    async def serve_review(request: Request, endpoint: str) -> Response:
+        nonlocal in_flight
+        started = time.perf_counter()
+        if in_flight >= max_in_flight:
+            metrics.requests.labels(endpoint, "", "overloaded").inc()
+            return _error(503, "overloaded: too many requests in flight; retry")
+        context = runtime.context
+        if context is None:
+            return _error(503, f"not ready: {runtime.not_ready_detail}")
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return _error(415, f"content type must be application/json, got {media_type!r}")
+        in_flight += 1
+        uid = None
+        try:
+            body = await _read_body(request, max_body)
+            if body is None:
+                return _error(413, f"request body is larger than {max_body} bytes")
+            try:
+                parsed = parse_review(body)
+                uid = parsed["uid"]
+                outcome = admit(parsed, endpoint, context)
+            except BadRequest as err:
+                metrics.requests.labels(endpoint, "", "bad-request").inc()
+                return _error(err.status, err.message, err.uid)
+            record(endpoint, outcome, started)
+            return Response(orjson.dumps(outcome.review), media_type="application/json")
+        except Exception:
+            log.exception("internal error", extra={"uid": uid, "endpoint": endpoint})
+            metrics.errors.inc()
+            return _error(500, "internal error (logged); the failurePolicy applies", uid)
+        finally:
+            in_flight -= 1
+
+    async def mutate(request: Request) -> Response:
+        return await serve_review(request, "mutate")
+
+    async def validate(request: Request) -> Response:
+        return await serve_review(request, "validate")
+
+    async def healthz(request: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        context = runtime.context
+        if context is None or runtime.draining:
+            detail = "draining" if runtime.draining else runtime.not_ready_detail
+            return _json(503, {"ready": False, "detail": detail})
+        return _json(200, {"ready": True, "policy": context.policy.version,
+                           "policySource": runtime.policy_source})  # fmt: skip
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.router.add_route("/mutate", mutate, methods=["POST"])
+    app.router.add_route("/validate", validate, methods=["POST"])
+    app.router.add_route("/healthz", healthz, methods=["GET"])
+    app.router.add_route("/readyz", readyz, methods=["GET"])
+    app.router.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    return app

@@ -1,0 +1,181 @@
+"""The `meshgate` command: serve, explain, policy check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+from . import certs, logs
+from .admission import Context, NamespaceLookup
+from .explain import explain, render_text
+from .match import SchemaError
+from .namespaces import NamespacesFileError, StaticNamespaces, load_namespaces_file
+from .policy import Policy, default_policy
+from .sources import read_policy_file
+
+DEFAULT_NAMESPACE = "meshgate-system"
+DEV_CERT_DIR = "certs/dev"
+CLUSTER_CERT_DIR = "/etc/meshgate/tls"
+
+log = logging.getLogger("meshgate")
+
+
+class UsageError(Exception):
+    """A command-line input is unusable; the message says which and why."""
+
+
+def _policy(path: str | None) -> tuple[Policy, str]:
+    if path is None:
+        return default_policy(), "embedded default"
+    try:
+        return read_policy_file(path), f"file {path}"
+    except SchemaError as err:
+        errors = "\n".join(f"  {e}" for e in err.errors)
+        raise UsageError(f"policy {path} is invalid:\n{errors}") from None
+
+
+def _namespaces(path: str | None) -> StaticNamespaces | None:
+    if path is not None:
+        try:
+            return load_namespaces_file(Path(path))
+        except NamespacesFileError as err:
+            raise UsageError(str(err)) from None
+    return None
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--namespace-labels: {item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import Runtime, create_app
+    from .server import make_server
+
+    logs.configure(args.log_level)
+    policy, source = _policy(args.policy)
+    namespaces = _namespaces(args.namespaces_file) or StaticNamespaces()
+    cert_dir = Path(args.cert_dir or (DEV_CERT_DIR if args.dev else CLUSTER_CERT_DIR))
+    if args.dev and certs.ensure_dev_certs(cert_dir):
+        log.info(
+            "generated a throwaway dev CA and serving certificate", extra={"dir": str(cert_dir)}
+        )
+    for name in (certs.TLS_CERT_FILE, certs.TLS_KEY_FILE):
+        if not (cert_dir / name).is_file():
+            raise UsageError(f"{cert_dir / name} does not exist (use --cert-dir, or --dev)")
+    runtime = Runtime()
+    runtime.install(Context(policy, namespaces, args.namespace), source)
+    host = args.host or ("127.0.0.1" if args.dev else "0.0.0.0")
+    log.info(
+        "serving",
+        extra={"url": f"https://{host}:{args.port}", "policy": policy.version,
+               "policySource": source, "namespace": args.namespace},
+    )  # fmt: skip
+    make_server(create_app(runtime), host, args.port, cert_dir).run()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    if args.namespaces_file and args.namespace_labels is not None:
+        raise UsageError("give --namespaces-file or --namespace-labels, not both")
+    policy, _ = _policy(args.policy)
+    namespaces: NamespaceLookup | None = _namespaces(args.namespaces_file)
+    if namespaces is None:
+        # --namespace-labels: whichever namespace an object names has these labels.
+        labels = _parse_labels(args.namespace_labels or "")
+
+        def namespaces(_name: str) -> Mapping[str, str]:
+            return labels
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        docs = list(yaml.safe_load_all(text))
+    except OSError as err:
+        raise UsageError(f"{args.file}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{args.file}: not valid YAML: {err}") from None
+    results = explain(docs, Context(policy, namespaces, args.own_namespace))
+    if args.output == "json":
+        print(json.dumps({"policy": policy.version, "results": results}, indent=2))
+    else:
+        print(f"policy {policy.version}\n")
+        print(render_text(results), end="")
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    try:
+        policy = read_policy_file(args.file)
+    except SchemaError as err:
+        print(f"{args.file}: invalid ({len(err.errors)} errors)")
+        for error in err.errors:
+            print(f"  error: {error}")
+        return 1
+    for warning in policy.warnings:
+        print(f"  warning: {warning}")
+    print(f"{args.file}: valid, policy version {policy.version}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshgate",
+        description="Admission webhook that enrols pods in the mesh and gates NET_ADMIN.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook over HTTPS")
+    serve.add_argument("--policy", help="policy file (instead of the ConfigMap)")
+    serve.add_argument("--namespaces-file", help="YAML Namespace objects giving namespace labels")
+    serve.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the webhook's own namespace")
+    serve.add_argument(
+        "--cert-dir", help=f"directory with tls.crt and tls.key (dev: {DEV_CERT_DIR})"
+    )
+    serve.add_argument("--host", help="listen address (default 0.0.0.0; 127.0.0.1 with --dev)")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument(
+        "--dev", action="store_true", help="never contact a cluster; make dev certificates"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    exp = sub.add_parser("explain", help="show the decision and patch for each pod in a file")
+    exp.add_argument("file", help="YAML file of Pods and workloads ('-' for standard input)")
+    exp.add_argument("--policy", help="policy file (default: the embedded default policy)")
+    exp.add_argument("--namespaces-file", help="YAML Namespace objects giving namespace labels")
+    exp.add_argument("--namespace-labels", help="labels of the namespace, as k=v,k2=v2")
+    exp.add_argument("--own-namespace", default=DEFAULT_NAMESPACE, help="the webhook's namespace")
+    exp.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    exp.set_defaults(func=cmd_explain)
+
+    pol = sub.add_parser("policy", help="policy tools")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    check = pol_sub.add_parser("check", help="validate a policy file (or its ConfigMap)")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_policy_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except UsageError as err:
+        print(f"meshgate: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
