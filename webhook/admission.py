@@ -288,11 +288,19 @@ def _verdict(gate: GateVerdict, violations: list[Violation]) -> str:
 def _validate_pod(req: _Request, ctx: Context) -> Outcome:
     check_pod(req.obj)
     d = decide(req.obj, _namespace(req, ctx), ctx.policy, ctx.own_namespace)
-    if d.refusals:
-        return _refuse(req, ctx, 403, _refusal_message(req, d.refusals), "refused", mode=d.mode)
     violations = list(d.gate.violations) if d.gate.enforced else []
     if d.gate.enforced and ctx.policy.require_mesh:
         violations += mesh_violations(req.obj, ctx.policy, req.namespace)
+    if d.refusals:  # every reason at once, as on /mutate, and the violations still counted
+        gate_message = (
+            deny_message(req.namespace, violations, unknown_namespace=d.gate.namespace_unknown)
+            if violations and d.gate.action == "deny"
+            else ""
+        )
+        message = " ".join(filter(None, (_refusal_message(req, d.refusals), gate_message)))
+        return _refuse(req, ctx, 403, message, "refused", mode=d.mode,
+                       violations=tuple(v.describe() for v in violations),
+                       gate_action=d.gate.action if violations else "")  # fmt: skip
     return _gate_outcome(req, ctx, violations, d.gate.action, d.gate.namespace_unknown,
                          f"gate {_verdict(d.gate, violations)}", d.mode)  # fmt: skip
 
@@ -309,8 +317,12 @@ def _validate_ephemeral(req: _Request, ctx: Context) -> Outcome:
     check_pod(pod)
     old = req.old if isinstance(req.old, dict) else {}
     old_spec = old.get("spec") if req.kind == "Pod" else old
-    old_list = (old_spec or {}).get("ephemeralContainers") if isinstance(old_spec, dict) else None
-    old_names = {c.get("name") for c in old_list or () if isinstance(c, dict)}
+    old_list = old_spec.get("ephemeralContainers") if isinstance(old_spec, dict) else None
+    # The old object is not validated: anything malformed there counts as no container, so
+    # every new ephemeral container is judged (never a crash, never a bypass).
+    old_names = {
+        c["name"] for c in old_list if isinstance(c, dict) and isinstance(c.get("name"), str)
+    } if isinstance(old_list, list) else set()  # fmt: skip
     new_names = frozenset(
         c["name"] for c in (pod.get("spec") or {}).get("ephemeralContainers") or ()
         if c["name"] not in old_names

@@ -1,14 +1,15 @@
 """The HTTP shell: FastAPI app factory, body checks, status mapping, logs and metrics.
 
 Everything between the socket and `admission.admit` lives here, and only here: the body
-limit (413), the content type (415), malformed reviews (400), overload and readiness (503),
-unexpected errors (500, logged and counted). The admission routes are plain Starlette routes
-inside the FastAPI app: they take the raw body and return raw JSON, with no model
-validation of the pod, which the hot path does not need.
+limit (413), a body that stalls (408), the content type (415), malformed reviews (400),
+overload and readiness (503), unexpected errors (500, logged and counted). The admission
+routes are plain Starlette routes inside the FastAPI app: they take the raw body and return
+raw JSON, with no model validation of the pod, which the hot path does not need.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .admission import BadRequest, Context, Outcome, admit, parse_review
@@ -24,6 +25,9 @@ from .metrics import Metrics
 
 MAX_BODY = 7 * 1024 * 1024  # the API server caps objects at 3 MiB; a review carries two
 MAX_IN_FLIGHT = 256  # at least 64 (SPEC 5); beyond this, 503 and the failurePolicy applies
+# A body that has not arrived by then never will in time (the API server gives a webhook 30 s
+# at most); without a deadline, clients that stall mid-body would hold every in-flight slot.
+BODY_TIMEOUT = 10.0
 
 log = logging.getLogger("meshgate.admission")
 
@@ -36,7 +40,6 @@ class Runtime:
     policy_source: str = ""
     not_ready_detail: str = "no policy loaded yet"
     metrics: Metrics = field(default_factory=Metrics)
-    draining: bool = False
 
     def install(self, context: Context, source: str) -> None:
         self.context = context
@@ -52,7 +55,10 @@ def _error(status: int, message: str, uid: str | None = None) -> Response:
     payload: dict[str, Any] = {"error": message}
     if uid:
         payload["uid"] = uid
-    return _json(status, payload)
+    response = _json(status, payload)
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -71,7 +77,11 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(
-    runtime: Runtime, *, max_body: int = MAX_BODY, max_in_flight: int = MAX_IN_FLIGHT
+    runtime: Runtime,
+    *,
+    max_body: int = MAX_BODY,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     app = FastAPI(title="meshgate", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = runtime.metrics
@@ -114,7 +124,11 @@ def create_app(
         in_flight += 1
         uid = None
         try:
-            body = await _read_body(request, max_body)
+            try:
+                async with asyncio.timeout(body_timeout):
+                    body = await _read_body(request, max_body)
+            except TimeoutError:
+                return _error(408, f"request body not received within {body_timeout:g} s")
             if body is None:
                 return _error(413, f"request body is larger than {max_body} bytes")
             try:
@@ -126,6 +140,12 @@ def create_app(
                 return _error(err.status, err.message, err.uid)
             record(endpoint, outcome, started)
             return Response(orjson.dumps(outcome.review), media_type="application/json")
+        except ClientDisconnect:
+            # The caller went away mid-body (e.g. the API server's timeout): no one reads an
+            # answer, and it is no fault of ours, so it is not counted as an internal error.
+            log.info("client disconnected before the body was complete",
+                     extra={"endpoint": endpoint})  # fmt: skip
+            return _error(400, "client disconnected before the body was complete")
         except Exception:
             log.exception("internal error", extra={"uid": uid, "endpoint": endpoint})
             metrics.errors.inc()
@@ -144,9 +164,8 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         context = runtime.context
-        if context is None or runtime.draining:
-            detail = "draining" if runtime.draining else runtime.not_ready_detail
-            return _json(503, {"ready": False, "detail": detail})
+        if context is None:
+            return _json(503, {"ready": False, "detail": runtime.not_ready_detail})
         return _json(200, {"ready": True, "policy": context.policy.version,
                            "policySource": runtime.policy_source})  # fmt: skip
 

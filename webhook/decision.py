@@ -253,6 +253,8 @@ def decide(
         if pod_mode in rule.allow_pod_modes:
             mode = pod_mode
             reasons.append(f"pod label {policy.mode_label}={pod_mode} selects mode {pod_mode}")
+        elif pod_mode == mode:  # agrees with the rule: nothing to warn about
+            reasons.append(f"pod label {policy.mode_label}={pod_mode} matches the rule's mode")
         else:
             allowed = ", ".join(sorted(rule.allow_pod_modes)) or "none"
             text = (
@@ -332,6 +334,8 @@ def decide(
         refusals = _plugin_refusals(pod, policy, injecting=True)
     else:
         refusals = traffic.annotation_errors(annotations)
+    if not gateway:
+        refusals += _name_clashes(spec, policy, mode)
     network = None
     if mode == "cni" and not gateway:
         network, problem = _network(annotations, policy, name)
@@ -344,6 +348,24 @@ def decide(
     )
     return result("inject", f"{why}: {what}", refusals=tuple(refusals), network_value=network,
                   gateway=gateway)  # fmt: skip
+
+
+def _name_clashes(spec: Mapping[str, Any], policy: Policy, mode: str) -> list[str]:
+    """A regular container named like the init container about to be added: Kubernetes
+    wants names unique across containers and initContainers, so the injected pod would be
+    rejected by the API server with a puzzling "Duplicate value"; say why instead."""
+    if mode == "init":
+        added = templates.INIT
+    elif policy.validation_init_container:
+        added = templates.VALIDATION
+    else:
+        return []
+    if not any(c.get("name") == added for c in spec.get("containers") or ()):
+        return []
+    return [
+        f'container "{added}" is a regular container, and {mode} mode adds an init '
+        "container of that name (container names must be unique); rename it"
+    ]
 
 
 def _network(

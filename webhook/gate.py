@@ -22,7 +22,7 @@ ACTIONS = ("deny", "warn", "audit")
 SEVERITY = {"audit": 0, "warn": 1, "deny": 2}
 WARNING_LIMIT = 120
 CAPABILITY_FIX = (
-    "remove them from securityContext.capabilities.add and do not set privileged: true; "
+    "drop the capability from securityContext.capabilities.add and do not set privileged: true; "
     "the mesh's CNI plugin sets up traffic redirection without them"
 )
 
@@ -106,7 +106,9 @@ def container_violations(
     name = container.get("name", "")
     context = container.get("securityContext") or {}
     found: list[Violation] = []
-    if context.get("privileged") is True:
+    # privileged grants every capability, so it counts when at least one is gated (an empty
+    # gate.capabilities denies nothing).
+    if context.get("privileged") is True and gated.names:
         found.append(
             Violation(kind, name, "is privileged (privileged: true grants every capability)")
         )

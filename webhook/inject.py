@@ -20,6 +20,9 @@ from .patch import Op, list_edits, map_entries
 from .policy import Policy
 
 DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+TLS_MODE = "security.istio.io/tlsMode"
+CANONICAL_NAME = "service.istio.io/canonical-name"
+CANONICAL_REVISION = "service.istio.io/canonical-revision"
 
 
 def _index(items: list[dict[str, Any]], name: str) -> int | None:
@@ -30,7 +33,7 @@ def _index(items: list[dict[str, Any]], name: str) -> int | None:
 
 
 def _proxy(
-    policy: Policy, pod: Mapping[str, Any], mode: str, annotations: Mapping[str, str]
+    policy: Policy, pod: Mapping[str, Any], annotations: Mapping[str, str]
 ) -> dict[str, Any]:
     proxy: dict[str, Any] = orjson.loads(policy.proxy_json)
     spec = pod.get("spec") or {}
@@ -50,23 +53,51 @@ def _proxy(
         ("ISTIO_META_INTERCEPTION_MODE", interception),
     ]
     env.extend({"name": k, "value": v} for k, v in derived if v is not None and k not in have)
-    if mode == "init" and interception == "TPROXY":
-        # As Istio does: TPROXY needs the proxy itself to hold NET_ADMIN, as root.
-        context = proxy.setdefault("securityContext", {})
-        caps = context.setdefault("capabilities", {})
-        caps["add"] = [*(caps.get("add") or []), "NET_ADMIN"]
-        context.update(runAsUser=0, runAsNonRoot=False)
     return proxy
 
 
-def _init_container(policy: Policy, mode: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+def _tproxy(proxy: dict[str, Any]) -> None:
+    """As Istio does: TPROXY needs the proxy itself to hold NET_ADMIN, as root. Applied
+    after the pod's own istio-proxy is merged in, as Istio's output shows: a capability
+    added to a non-root process is not in its effective set, so the proxy could not
+    open its transparent sockets."""
+    context = proxy.setdefault("securityContext", {})
+    caps = context.setdefault("capabilities", {})
+    caps["add"] = list(dict.fromkeys([*(caps.get("add") or []), "NET_ADMIN"]))
+    context.update(runAsUser=0, runAsNonRoot=False)
+
+
+def _proxy_ids(
+    policy: Policy, template: Mapping[str, Any], declared: Mapping[str, Any] | None
+) -> tuple[int, Any]:
+    """The uid and gid the proxy runs as. A pod's own istio-proxy may set them (as on
+    OpenShift, where each namespace has its own uid range) and Istio honours that: these
+    are the ids that istio-iptables and the CNI plugin exempt from redirection, so the
+    proxy's own traffic is not sent back to itself."""
+    own = (declared or {}).get("securityContext") or {}
+    uid, gid = own.get("runAsUser"), own.get("runAsGroup")
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        uid = policy.proxy_uid
+    if not isinstance(gid, int) or isinstance(gid, bool):
+        gid = (template.get("securityContext") or {}).get("runAsGroup")
+    return uid, gid
+
+
+def _init_container(
+    policy: Policy, mode: str, annotations: Mapping[str, str], uid: int, gid: Any
+) -> dict[str, Any]:
     args = traffic.iptables_args(annotations)
-    args[args.index("-u") + 1] = str(policy.proxy_uid)
+    args[args.index("-u") + 1] = str(uid)
     if mode == "init":
         container: dict[str, Any] = orjson.loads(policy.init_json)
     else:
         container = orjson.loads(policy.validation_json)
         args += ["--run-validation", "--skip-rule-apply"]
+        # istio-validation runs as the proxy user, as Istio's does.
+        context = container.setdefault("securityContext", {})
+        context["runAsUser"] = uid
+        if gid is not None:
+            context["runAsGroup"] = gid
     container["args"] = args
     return container
 
@@ -81,11 +112,31 @@ def patch_for(pod: Mapping[str, Any], decision: Decision, policy: Policy) -> lis
     if decision.network_value is not None:
         new_annotations[multus.ANNOTATION] = decision.network_value
     ops: list[Op] = []
+    new_labels: dict[str, str] = {}
     if decision.action == "inject":
         ops += _containers(pod, decision, policy, annotations, new_annotations)
+        new_labels = _mesh_labels((meta or {}).get("labels") or {})
     if meta is None:
-        return [{"op": "add", "path": "/metadata", "value": {"annotations": new_annotations}}, *ops]
-    return map_entries("/metadata/annotations", meta.get("annotations"), new_annotations) + ops
+        value = {"annotations": new_annotations, **({"labels": new_labels} if new_labels else {})}
+        return [{"op": "add", "path": "/metadata", "value": value}, *ops]
+    return (
+        map_entries("/metadata/annotations", meta.get("annotations"), new_annotations)
+        + map_entries("/metadata/labels", meta.get("labels"), new_labels)
+        + ops
+    )
+
+
+def _mesh_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels Istio's control plane reads: tlsMode (without it, auto mTLS sends the pod
+    plaintext) and the canonical service name and revision, where the pod's labels say them."""
+    wanted = {TLS_MODE: "istio"}
+    name = labels.get("app.kubernetes.io/name") or labels.get("app")
+    if name:
+        wanted[CANONICAL_NAME] = name
+        wanted[CANONICAL_REVISION] = (
+            labels.get("app.kubernetes.io/version") or labels.get("version") or "latest"
+        )
+    return {k: v for k, v in wanted.items() if k not in labels}
 
 
 def _containers(
@@ -108,16 +159,23 @@ def _containers(
     inits = list(old_inits or [])
     native = policy.sidecar_native and not decision.gateway
 
-    proxy = _proxy(policy, pod, mode, annotations)
+    proxy = _proxy(policy, pod, annotations)
     if native:
         proxy["restartPolicy"] = "Always"
+        proxy.setdefault("lifecycle", templates.NATIVE_LIFECYCLE)
     # A pod may declare its own istio-proxy (Istio's `image: auto`): merge, never duplicate.
     in_containers = _index(containers, templates.PROXY)
     in_inits = _index(inits, templates.PROXY)
+    declared: dict[str, Any] | None = None
     if in_containers is not None:
-        proxy = templates.merge(proxy, containers.pop(in_containers))
+        declared = containers.pop(in_containers)
     elif in_inits is not None:
-        proxy = templates.merge(proxy, inits.pop(in_inits))
+        declared = inits.pop(in_inits)
+    uid, gid = _proxy_ids(policy, proxy, declared)
+    if declared is not None:
+        proxy = templates.merge(proxy, declared)
+    if mode == "init" and traffic.interception_mode(annotations) == "TPROXY":
+        _tproxy(proxy)
     if not native:
         proxy.pop("restartPolicy", None)  # only init containers may carry one
 
@@ -127,7 +185,7 @@ def _containers(
     else:
         first = 0
         if mode == "init" or policy.validation_init_container:
-            init = _init_container(policy, mode, annotations)
+            init = _init_container(policy, mode, annotations, uid, gid)
             i = _index(inits, init["name"])
             if i is None:
                 inits.insert(0, init)

@@ -285,39 +285,66 @@ def _template(
 
 def compile_policy(raw: Any) -> Policy:
     """Validate a parsed policy document and compile it; SchemaError lists every problem."""
+    c = _Checker()
+    doc = _merged_document(c, raw)
+    fields: dict[str, Any] = {}
+    fields.update(_compile_namespaces(c, doc))
+    fields.update(_compile_pods(c, doc["pods"]))
+    fields.update(_compile_gate(c, doc["gate"]))
+    fields.update(_compile_injection(c, doc, fields["gated"]))
+    _check_native(c, fields)
+    if c.errors:
+        raise SchemaError(c.errors)
+    warnings = []
+    if not fields["gated"].names:
+        warnings.append("gate.capabilities is empty: the gate denies nothing")
+    if "*" in fields["exempt_namespaces"].patterns:
+        warnings.append("exemptNamespaces contains '*': every namespace is exempt")
+    return Policy(
+        version=document_version(_normalised(doc)),
+        document=doc,
+        warnings=tuple(warnings),
+        **fields,
+    )
+
+
+def _merged_document(c: _Checker, raw: Any) -> dict[str, Any]:
+    """The policy merged over the defaults; unusable sections are reported and left out, so
+    the rest is still checked and every error is reported at once."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SchemaError(["(top level): must be a map"])
-    c = _Checker()
     top_keys = tuple(DEFAULT_DOCUMENT) + ("init",)
     c.keys(raw, "", top_keys)
+    unusable = {key for key in raw if key not in top_keys}
     for section in ("pods", "gate", "cni", "sidecar", "default", "init"):
         if section in raw and not isinstance(raw[section], dict):
             c.errors.append(f"{section}: must be a map")
-    if c.errors:
-        raise SchemaError(c.errors)
-    doc: dict[str, Any] = _merge_document(DEFAULT_DOCUMENT, raw)
-
+            unusable.add(section)
+    usable = {key: value for key, value in raw.items() if key not in unusable}
+    doc: dict[str, Any] = _merge_document(DEFAULT_DOCUMENT, usable)
     version = doc.get("version")
     if version != 1 or isinstance(version, bool):
         c.errors.append(f"version: must be 1 (got {version!r})")
-    exempt = GlobSet.compile(c.strings(doc["exemptNamespaces"], "exemptNamespaces", glob_error))
+    return doc
 
-    default_raw = doc["default"]
-    default = _compile_rule(
-        c, default_raw, "default",
-        {"mode": "cni", "injection": "opt-in", "enforceCNI": False, "allowPodModes": [],
-         "gateAction": None},
-    )  # fmt: skip
+
+def _compile_namespaces(c: _Checker, doc: dict[str, Any]) -> dict[str, Any]:
+    exempt = GlobSet.compile(c.strings(doc["exemptNamespaces"], "exemptNamespaces", glob_error))
+    default_defaults = {"mode": "cni", "injection": "opt-in", "enforceCNI": False,
+                        "allowPodModes": [], "gateAction": None}  # fmt: skip
+    default = _compile_rule(c, doc["default"], "default", default_defaults)
     rules: list[Rule] = []
     if not isinstance(doc["namespaces"], list):
         c.errors.append("namespaces: must be a list")
     else:
         for i, item in enumerate(doc["namespaces"]):
             rules.append(_compile_rule(c, item, f"namespaces[{i}]", None))
+    return {"exempt_namespaces": exempt, "rules": tuple(rules), "default": default}
 
-    pods = doc["pods"]
+
+def _compile_pods(c: _Checker, pods: dict[str, Any]) -> dict[str, Any]:
     c.keys(pods, "pods", tuple(DEFAULT_DOCUMENT["pods"]))
     inject_label = c.typed(pods, "injectLabel", "pods.injectLabel", str, "sidecar.istio.io/inject")
     mode_label = c.typed(pods, "modeLabel", "pods.modeLabel", str, "meshgate.io/mode")
@@ -335,19 +362,32 @@ def compile_policy(raw: Any) -> Policy:
             sel = parse_selector(item, f"pods.{key}[{i}]", c.errors)
             if sel is not None:
                 selectors[key].append(sel)
+    return {
+        "inject_label": inject_label,
+        "mode_label": mode_label,
+        "never_inject": tuple(selectors["neverInjectSelector"]),
+        "always_inject": tuple(selectors["alwaysInjectSelector"]),
+    }
 
-    gate = doc["gate"]
+
+def _compile_gate(c: _Checker, gate: dict[str, Any]) -> dict[str, Any]:
     c.keys(gate, "gate", tuple(DEFAULT_DOCUMENT["gate"]))
-    gate_action = c.choice(gate.get("action"), "gate.action", ACTIONS)
     capabilities = c.strings(gate.get("capabilities"), "gate.capabilities", _cap_check)
-    gated = CapabilitySet.of(capabilities)
     exempt_raw = c.mapping(gate, "exempt", "gate.exempt")
     c.keys(exempt_raw, "gate.exempt", ("serviceAccounts",))
     service_accounts = c.strings(
         exempt_raw.get("serviceAccounts", []), "gate.exempt.serviceAccounts", _sa_check
     )
-    require_mesh = c.typed(gate, "requireMesh", "gate.requireMesh", bool, False)
+    return {
+        "gate_action": c.choice(gate.get("action"), "gate.action", ACTIONS),
+        "gated": CapabilitySet.of(capabilities),
+        "exempt_service_accounts": frozenset(service_accounts),
+        "require_mesh": c.typed(gate, "requireMesh", "gate.requireMesh", bool, False),
+    }
 
+
+def _compile_injection(c: _Checker, doc: dict[str, Any], gated: CapabilitySet) -> dict[str, Any]:
+    """The cni, sidecar and init sections: settings and the effective templates."""
     cni = doc["cni"]
     c.keys(cni, "cni", (*DEFAULT_DOCUMENT["cni"], "validationContainer"))
     network = c.typed(cni, "network", "cni.network", str, "istio-cni")
@@ -355,15 +395,8 @@ def compile_policy(raw: Any) -> Policy:
         multus.parse_ref(network)
     except multus.NetworkValueError as err:
         c.errors.append(f"cni.network: {err}")
-    validation_on = c.typed(
-        cni, "validationInitContainer", "cni.validationInitContainer", bool, True
-    )
-    native_ok = c.typed(
-        cni, "pluginSupportsNativeSidecars", "cni.pluginSupportsNativeSidecars", bool, False
-    )
     sidecar = doc["sidecar"]
     c.keys(sidecar, "sidecar", ("native", "container", "volumes"))
-    native = c.typed(sidecar, "native", "sidecar.native", bool, False)
     init = doc.get("init", {})
     c.keys(init, "init", ("container",))
 
@@ -391,53 +424,46 @@ def compile_policy(raw: Any) -> Policy:
                 f"{path}: the template {violation.what}, which the gate rejects where CNI is "
                 "enforced"
             )
-    if native and not native_ok:
-        for rule in (*rules, default):
-            if rule.mode == "cni" or "cni" in rule.allow_pod_modes:
-                c.errors.append(
-                    f"sidecar.native: true with cni mode ({rule.where}) leaves one-container "
-                    "pods unredirected by CNI plugins that count only regular containers; set "
-                    "cni.pluginSupportsNativeSidecars: true if yours supports native sidecars"
-                )
-                break
     uid = (proxy.get("securityContext") or {}).get("runAsUser", 1337)
     if not isinstance(uid, int) or isinstance(uid, bool):
         c.errors.append("sidecar.container.securityContext.runAsUser: must be an integer")
         uid = 1337
+    return {
+        "cni_network": network,
+        "validation_init_container": c.typed(
+            cni, "validationInitContainer", "cni.validationInitContainer", bool, True
+        ),
+        "plugin_supports_native_sidecars": c.typed(
+            cni, "pluginSupportsNativeSidecars", "cni.pluginSupportsNativeSidecars", bool, False
+        ),
+        "sidecar_native": c.typed(sidecar, "native", "sidecar.native", bool, False),
+        "proxy_json": orjson.dumps(proxy),
+        "init_json": orjson.dumps(init_container),
+        "validation_json": orjson.dumps(validation),
+        "volumes_json": orjson.dumps(volumes),
+        "proxy_uid": uid,
+    }
 
-    if c.errors:
-        raise SchemaError(c.errors)
 
-    warnings = []
-    if not gated.names:
-        warnings.append("gate.capabilities is empty: the gate denies nothing")
-    if "*" in exempt.patterns:
-        warnings.append("exemptNamespaces contains '*': every namespace is exempt")
-    return Policy(
-        version=document_version(doc),
-        document=doc,
-        exempt_namespaces=exempt,
-        rules=tuple(rules),
-        default=default,
-        inject_label=inject_label,
-        mode_label=mode_label,
-        never_inject=tuple(selectors["neverInjectSelector"]),
-        always_inject=tuple(selectors["alwaysInjectSelector"]),
-        gate_action=gate_action,
-        gated=gated,
-        exempt_service_accounts=frozenset(service_accounts),
-        require_mesh=require_mesh,
-        cni_network=network,
-        validation_init_container=validation_on,
-        plugin_supports_native_sidecars=native_ok,
-        sidecar_native=native,
-        proxy_json=orjson.dumps(proxy),
-        init_json=orjson.dumps(init_container),
-        validation_json=orjson.dumps(validation),
-        volumes_json=orjson.dumps(volumes),
-        proxy_uid=uid,
-        warnings=tuple(warnings),
-    )
+def _check_native(c: _Checker, fields: Mapping[str, Any]) -> None:
+    if not fields["sidecar_native"] or fields["plugin_supports_native_sidecars"]:
+        return
+    for rule in (*fields["rules"], fields["default"]):
+        if rule.mode == "cni" or "cni" in rule.allow_pod_modes:
+            c.errors.append(
+                f"sidecar.native: true with cni mode ({rule.where}) leaves one-container "
+                "pods unredirected by CNI plugins that count only regular containers; set "
+                "cni.pluginSupportsNativeSidecars: true if yours supports native sidecars"
+            )
+            return
+
+
+def _normalised(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with every per-rule default written out, so that two policies that mean
+    the same get the same version whether or not they spell the defaults."""
+    rule_defaults = {"injection": "enabled", "enforceCNI": False, "allowPodModes": []}
+    rules = [{**rule_defaults, **rule} for rule in doc["namespaces"]]
+    return {**doc, "namespaces": rules}
 
 
 def document_version(doc: Mapping[str, Any]) -> str:

@@ -73,11 +73,6 @@ DEFAULT_PROXY: dict[str, Any] = {
         {"name": "ISTIO_META_MESH_ID", "value": "cluster.local"},
         {"name": "TRUST_DOMAIN", "value": "cluster.local"},
     ],
-    "lifecycle": {
-        "preStop": {
-            "exec": {"command": ["pilot-agent", "request", "--debug-port=15020", "POST", "drain"]}
-        }
-    },
     "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
     "readinessProbe": {
         "failureThreshold": 4,
@@ -104,6 +99,14 @@ DEFAULT_PROXY: dict[str, Any] = {
         {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
         {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
     ],
+}
+
+# A native sidecar outlives the app's containers, so it drains its listeners on the way out;
+# as in Istio, a classic sidecar gets no preStop hook (it would cut the app's traffic).
+NATIVE_LIFECYCLE: dict[str, Any] = {
+    "preStop": {
+        "exec": {"command": ["pilot-agent", "request", "--debug-port=15020", "POST", "drain"]}
+    }
 }
 
 DEFAULT_VOLUMES: list[dict[str, Any]] = [

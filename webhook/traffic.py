@@ -20,6 +20,8 @@ EXCLUDE_INBOUND_PORTS = PREFIX + "excludeInboundPorts"
 INCLUDE_OUTBOUND_PORTS = PREFIX + "includeOutboundPorts"
 EXCLUDE_OUTBOUND_PORTS = PREFIX + "excludeOutboundPorts"
 EXCLUDE_INTERFACES = PREFIX + "excludeInterfaces"
+KUBEVIRT_INTERFACES = PREFIX + "kubevirtInterfaces"
+REROUTE_VIRTUAL_INTERFACES = "istio.io/reroute-virtual-interfaces"
 INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 INTERCEPTION_MODES = ("REDIRECT", "TPROXY", "NONE")
 
@@ -136,6 +138,9 @@ def iptables_args(annotations: Mapping[str, str]) -> list[str]:
         args += ["-q", annotations[INCLUDE_OUTBOUND_PORTS]]
     if annotations.get(EXCLUDE_OUTBOUND_PORTS):
         args += ["-o", annotations[EXCLUDE_OUTBOUND_PORTS]]
+    virtual = annotations.get(REROUTE_VIRTUAL_INTERFACES) or annotations.get(KUBEVIRT_INTERFACES)
+    if virtual:
+        args += ["-k", virtual]
     if annotations.get(EXCLUDE_INTERFACES):
         args += ["-c", annotations[EXCLUDE_INTERFACES]]
     args.append("--log_output_level=default:info")
