@@ -225,9 +225,18 @@ def _namespace(req: _Request, ctx: Context) -> Namespace:
     return Namespace(req.namespace, ctx.namespaces(req.namespace))
 
 
-def _refusal_message(req: _Request, refusals: tuple[str, ...]) -> str:
+def _refusal_message(
+    req: _Request, refusals: tuple[str, ...], gate: GateVerdict, violations: list[Violation]
+) -> str:
+    """The refusals, and the gate's denial if there is one too: every reason at once, so
+    that one fix-and-retry is enough."""
     what = f'{req.kind} "{req.name}"' if req.name else f"this {req.kind}"
-    return f'meshgate refused {what} in namespace "{req.namespace}": ' + "; ".join(refusals)
+    message = f'meshgate refused {what} in namespace "{req.namespace}": ' + "; ".join(refusals)
+    if violations and gate.enforced and gate.action == "deny":
+        message += " " + deny_message(
+            req.namespace, violations, unknown_namespace=gate.namespace_unknown
+        )
+    return message
 
 
 def _mutate_pod(req: _Request, ctx: Context) -> Outcome:
@@ -236,19 +245,13 @@ def _mutate_pod(req: _Request, ctx: Context) -> Outcome:
     violations = tuple(v.describe() for v in d.gate.violations) if d.gate.enforced else ()
     explained: dict[str, Any] = dict(mode=d.mode, reasons=d.reasons, gate=d.gate.summary(),
                                      violations=violations)  # fmt: skip
-    gate_denies = d.gate.violated and d.gate.action == "deny"
-    gate_message = (
-        deny_message(
-            req.namespace, list(d.gate.violations), unknown_namespace=d.gate.namespace_unknown
-        )
-        if gate_denies
-        else ""
-    )
-    if d.refusals:  # every reason at once, so one fix-and-retry is enough
-        message = " ".join(filter(None, (_refusal_message(req, d.refusals), gate_message)))
+    if d.refusals:
+        message = _refusal_message(req, d.refusals, d.gate, list(d.gate.violations))
         return _refuse(req, ctx, 403, message, "refused", **explained)
-    if gate_denies:
-        return _refuse(req, ctx, 403, gate_message, "denied", gate_action="deny", **explained)
+    if d.gate.violated and d.gate.action == "deny":
+        message = deny_message(req.namespace, list(d.gate.violations),
+                               unknown_namespace=d.gate.namespace_unknown)  # fmt: skip
+        return _refuse(req, ctx, 403, message, "denied", gate_action="deny", **explained)
     ops = patch_for(req.obj, d, ctx.policy)
     reason = d.reasons[-1]
     review = allowed(req.uid, d.label, reason, ctx.policy.version, patch=ops, warnings=d.warnings)
@@ -291,13 +294,8 @@ def _validate_pod(req: _Request, ctx: Context) -> Outcome:
     violations = list(d.gate.violations) if d.gate.enforced else []
     if d.gate.enforced and ctx.policy.require_mesh:
         violations += mesh_violations(req.obj, ctx.policy, req.namespace)
-    if d.refusals:  # every reason at once, as on /mutate, and the violations still counted
-        gate_message = (
-            deny_message(req.namespace, violations, unknown_namespace=d.gate.namespace_unknown)
-            if violations and d.gate.action == "deny"
-            else ""
-        )
-        message = " ".join(filter(None, (_refusal_message(req, d.refusals), gate_message)))
+    if d.refusals:  # the violations are still counted
+        message = _refusal_message(req, d.refusals, d.gate, violations)
         return _refuse(req, ctx, 403, message, "refused", mode=d.mode,
                        violations=tuple(v.describe() for v in violations),
                        gate_action=d.gate.action if violations else "")  # fmt: skip
