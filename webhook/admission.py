@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from .decision import GateVerdict, Namespace, decide, gate_for, mesh_violations
+from . import multus
+from .decision import Decision, GateVerdict, Namespace, decide, gate_for, mesh_violations
 from .gate import Violation, deny_message
 from .inject import patch_for
 from .objects import WORKLOAD_TEMPLATES, InvalidObject, check_pod, workload_template
@@ -27,6 +28,8 @@ API_VERSION = "admission.k8s.io/v1"
 AUDIT_LIMIT = 1000  # characters of an audit annotation value
 
 NamespaceLookup = Callable[[str], Mapping[str, str] | None]
+# (namespace, name) → whether that NetworkAttachmentDefinition exists.
+NetworkLookup = Callable[[str, str], bool]
 
 
 class BadRequest(Exception):
@@ -46,6 +49,7 @@ class Context:
     policy: Policy
     namespaces: NamespaceLookup
     own_namespace: str
+    networks: NetworkLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -254,11 +258,26 @@ def _mutate_pod(req: _Request, ctx: Context) -> Outcome:
         return _refuse(req, ctx, 403, message, "denied", gate_action="deny", **explained)
     ops = patch_for(req.obj, d, ctx.policy)
     reason = d.reasons[-1]
-    review = allowed(req.uid, d.label, reason, ctx.policy.version, patch=ops, warnings=d.warnings)
+    warnings = d.warnings + _missing_network(req, d, ctx)
+    review = allowed(req.uid, d.label, reason, ctx.policy.version, patch=ops, warnings=warnings)
     return Outcome(review, True, d.label, reason, namespace=req.namespace, name=req.name,
-                   operation=req.operation, patch=tuple(ops), warnings=d.warnings,
+                   operation=req.operation, patch=tuple(ops), warnings=warnings,
                    gate_action=d.gate.action if d.gate.violated else "",
                    **explained)  # fmt: skip
+
+
+def _missing_network(req: _Request, d: Decision, ctx: Context) -> tuple[str, ...]:
+    """Without the NetworkAttachmentDefinition that the Multus entry names, Multus fails
+    the pod's sandbox: say so to the author now rather than in an event later."""
+    if ctx.networks is None or d.mode != "cni" or d.gateway or d.action == "skip":
+        return ()
+    namespace, name = multus.parse_ref(ctx.policy.cni_network).resolved(req.namespace)
+    if ctx.networks(namespace, name):
+        return ()
+    return (
+        f"no NetworkAttachmentDefinition {namespace}/{name}: Multus will fail the pod's "
+        "sandbox until it exists",
+    )
 
 
 def _gate_outcome(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,8 +19,8 @@ from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .admission import BadRequest, Context, Outcome, admit, parse_review
-from .metrics import Metrics
+from .admission import BadRequest, Outcome, admit, parse_review
+from .runtime import Runtime
 
 MAX_BODY = 7 * 1024 * 1024  # the API server caps objects at 3 MiB; a review carries two
 MAX_IN_FLIGHT = 256  # at least 64 (SPEC 5); beyond this, 503 and the failurePolicy applies
@@ -30,21 +29,6 @@ MAX_IN_FLIGHT = 256  # at least 64 (SPEC 5); beyond this, 503 and the failurePol
 BODY_TIMEOUT = 10.0
 
 log = logging.getLogger("meshgate.admission")
-
-
-@dataclass
-class Runtime:
-    """What the app serves from: the current Context snapshot, replaced whole on change."""
-
-    context: Context | None = None
-    policy_source: str = ""
-    not_ready_detail: str = "no policy loaded yet"
-    metrics: Metrics = field(default_factory=Metrics)
-
-    def install(self, context: Context, source: str) -> None:
-        self.context = context
-        self.policy_source = source
-        self.metrics.set_policy(context.policy.version)
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response:
@@ -134,6 +118,10 @@ def create_app(
             try:
                 parsed = parse_review(body)
                 uid = parsed["uid"]
+                namespace = parsed.get("namespace")
+                if namespace and not runtime.namespaces.cached(namespace):
+                    # A namespace created a moment ago: one short GET, off the event loop.
+                    await asyncio.to_thread(runtime.namespaces.fetch, namespace)
                 outcome = admit(parsed, endpoint, context)
             except BadRequest as err:
                 metrics.requests.labels(endpoint, "", "bad-request").inc()
@@ -166,8 +154,11 @@ def create_app(
         context = runtime.context
         if context is None:
             return _json(503, {"ready": False, "detail": runtime.not_ready_detail})
-        return _json(200, {"ready": True, "policy": context.policy.version,
-                           "policySource": runtime.policy_source})  # fmt: skip
+        status: dict[str, Any] = {"ready": True, "policy": context.policy.version,
+                                  "policySource": runtime.policy_source}  # fmt: skip
+        if runtime.policy_error:  # a rejected change; the last good policy stays in force
+            status["policyError"] = runtime.policy_error
+        return _json(200, status)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

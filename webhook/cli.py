@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,9 +20,12 @@ from .explain import explain, render_text
 from .match import SchemaError
 from .namespaces import NamespacesFileError, StaticNamespaces, load_namespaces_file
 from .policy import Policy, default_policy
-from .sources import read_policy_file
+from .sources import DEFAULT_NAMESPACE, read_policy_file
 
-DEFAULT_NAMESPACE = "meshgate-system"
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .watch import ListWatch
+
 DEV_CERT_DIR = "certs/dev"
 CLUSTER_CERT_DIR = "/etc/meshgate/tls"
 
@@ -60,12 +66,13 @@ def _parse_labels(text: str) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import Runtime, create_app
+    from . import kube
+    from .app import create_app
+    from .runtime import Runtime
     from .server import make_server
+    from .watch import stop_all
 
     logs.configure(args.log_level)
-    policy, source = _policy(args.policy)
-    namespaces = _namespaces(args.namespaces_file) or StaticNamespaces()
     cert_dir = Path(args.cert_dir or (DEV_CERT_DIR if args.dev else CLUSTER_CERT_DIR))
     if args.dev and certs.ensure_dev_certs(cert_dir):
         log.info(
@@ -74,16 +81,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in (certs.TLS_CERT_FILE, certs.TLS_KEY_FILE):
         if not (cert_dir / name).is_file():
             raise UsageError(f"{cert_dir / name} does not exist (use --cert-dir, or --dev)")
-    runtime = Runtime()
-    runtime.install(Context(policy, namespaces, args.namespace), source)
+    runtime = Runtime(own_namespace=kube.own_namespace(args.namespace))
+    static = _namespaces(args.namespaces_file)
+    if static is not None:
+        runtime.set_sources(namespaces=static)
+    watchers = [] if args.dev else _connect(args, runtime)
+    if args.dev or args.policy is not None:
+        policy, source = _policy(args.policy)
+        runtime.set_policy(policy, source)
     host = args.host or ("127.0.0.1" if args.dev else "0.0.0.0")
     log.info(
         "serving",
-        extra={"url": f"https://{host}:{args.port}", "policy": policy.version,
-               "policySource": source, "namespace": args.namespace},
+        extra={"url": f"https://{host}:{args.port}", "namespace": runtime.own_namespace,
+               "policySource": runtime.policy_source or "ConfigMap (watching)",
+               "cluster": bool(watchers)},
     )  # fmt: skip
-    make_server(create_app(runtime), host, args.port, cert_dir).run()
+    # uvicorn handles SIGTERM (a graceful stop), then raises it again once it has stopped,
+    # as if it had not been handled; ignored then, the watches below are stopped and the
+    # process exits 0 instead of dying of the signal half-way through its own shutdown.
+    in_main = threading.current_thread() is threading.main_thread()  # signals: main only
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None
+    try:
+        make_server(create_app(runtime), host, args.port, cert_dir).run()
+    finally:
+        stop_all(watchers)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _connect(args: argparse.Namespace, runtime: Runtime) -> list[ListWatch]:
+    """Start the cluster watches that the flags leave to the cluster."""
+    from . import cluster, kube
+
+    wants_cluster = args.policy is None or args.namespaces_file is None
+    try:
+        api = kube.api_client(args.kubeconfig)
+    except kube.ClusterConfigError as err:
+        if wants_cluster:
+            raise UsageError(
+                f"no cluster configuration ({err}); give --kubeconfig, run in a cluster, or "
+                "serve offline with --policy and --namespaces-file (or --dev)"
+            ) from None
+        log.info("no cluster configuration: the NetworkAttachmentDefinition check is off")
+        return []
+    return cluster.connect(
+        runtime, api, policy=args.policy is None, namespaces=args.namespaces_file is None
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -138,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the webhook over HTTPS")
     serve.add_argument("--policy", help="policy file (instead of the ConfigMap)")
     serve.add_argument("--namespaces-file", help="YAML Namespace objects giving namespace labels")
-    serve.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="the webhook's own namespace")
+    serve.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG)")
+    serve.add_argument(
+        "--namespace",
+        help="the webhook's own namespace (default: the service account's, else meshgate-system)",
+    )
     serve.add_argument(
         "--cert-dir", help=f"directory with tls.crt and tls.key (dev: {DEV_CERT_DIR})"
     )

@@ -33,6 +33,16 @@ class StaticNamespaces:
     def names(self) -> list[str]:
         return sorted(self._labels)
 
+    # A file lists every namespace it knows: nothing to fetch, always ready.
+    def cached(self, name: str) -> bool:
+        return True
+
+    def fetch(self, name: str) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
 
 def _namespaces_in(doc: Any, where: str) -> list[Any]:
     if doc is None:

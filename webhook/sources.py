@@ -11,6 +11,7 @@ from .policy import Policy, compile_policy
 
 POLICY_KEY = "policy.yaml"
 CONFIGMAP_NAME = "meshgate-policy"
+DEFAULT_NAMESPACE = "meshgate-system"  # the webhook's own, unless told otherwise
 
 
 def policy_text(text: str) -> str:

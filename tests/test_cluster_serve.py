@@ -1,0 +1,258 @@
+"""`meshgate serve` as a subprocess against the fake API server (tests/fakeapi.py): the
+policy and the namespace labels come from the cluster (SPEC 1 flags, SPEC 3 "Where the
+policy comes from"), and without any cluster configuration it either refuses to start
+(exit 2) or serves offline from files.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonpatch
+import pytest
+import yaml
+from fakeapi import FakeAPIServer
+
+from webhook import certs
+from webhook.sources import parse_policy_text
+
+OWN = "meshgate-system"
+SCRIPT = Path(sys.executable).parent / "meshgate"
+ADMISSION = "admission.k8s.io/v1"
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "cart"},
+    "spec": {"containers": [{"name": "cart", "image": "example.com/cart:1"}]},
+}
+
+
+def meshgate_command() -> list[str]:
+    """The installed console script, or `python -m webhook` when there is none."""
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "webhook"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def isolated_env(tmp_path: Path) -> dict[str, str]:
+    """No cluster configuration from this machine: no $KUBECONFIG, an empty HOME, no
+    in-cluster service variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}  # fmt: skip
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env["HOME"] = str(home)
+    return env
+
+
+@pytest.fixture
+def cert_dir(tmp_path: Path) -> Path:
+    ca_cert, ca_key = certs.generate_ca(common_name="meshgate-serve-test-ca")
+    cert, key = certs.generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
+    certs.write_cert_dir(tmp_path / "tls", ca_cert, cert, key)
+    return tmp_path / "tls"
+
+
+def policy_configmap(text: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": OWN, "name": "meshgate-policy"},
+            "data": {"policy.yaml": text}}  # fmt: skip
+
+
+def admission_review(namespace: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": ADMISSION, "kind": "AdmissionReview",
+            "request": {"uid": uid, "operation": "CREATE", "namespace": namespace,
+                        "name": "cart", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "object": POD}}  # fmt: skip
+
+
+class Served:
+    """A `meshgate serve` process, its HTTPS client, and its log (stderr) file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path,
+                 cert_dir: Path) -> None:  # fmt: skip
+        self.port = free_port()
+        self.log = tmp_path / "meshgate.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [*meshgate_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--cert-dir", str(cert_dir), *args],
+            stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        trust = ssl.create_default_context(cafile=str(cert_dir / certs.CA_CERT_FILE))
+        self.client = httpx.Client(base_url=f"https://127.0.0.1:{self.port}", verify=trust,
+                                   timeout=5)  # fmt: skip
+
+    def wait(self, condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, f"meshgate exited early:\n{self.output()}"
+            with contextlib.suppress(httpx.TransportError):
+                value = condition()
+                if value:
+                    return value
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.output()}"
+            time.sleep(0.05)
+
+    def readyz(self) -> dict[str, Any] | None:
+        response = self.client.get("/readyz")
+        body: dict[str, Any] = response.json()
+        return body if response.status_code == 200 else None
+
+    def stop(self) -> int | None:
+        """SIGTERM; the exit code, or None when it had to be killed."""
+        self.client.close()
+        code: int | None = None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                code = self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        else:
+            code = self.process.returncode
+        self._log_file.close()
+        return code
+
+    def output(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[FakeAPIServer]:
+    with FakeAPIServer(tmp_path / "api", bookmark_interval=0.5) as server:
+        yield server
+
+
+def test_serve_follows_the_cluster(api: FakeAPIServer, tmp_path: Path, cert_dir: Path) -> None:
+    first, second = "gate: {action: warn}", "cni: {network: tenant-net}"
+    first_version, second_version = (parse_policy_text(t).version for t in (first, second))
+    shop = {"name": "shop", "labels": {"istio-injection": "enabled"}}
+    api.upsert("namespaces", {"metadata": shop})
+    api.upsert("configmaps", policy_configmap(first))
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    served = Served(["--kubeconfig", str(kubeconfig), "--namespace", OWN],
+                    isolated_env(tmp_path), tmp_path, cert_dir)  # fmt: skip
+    code: int | None = None
+    try:
+        status = served.wait(served.readyz, "/readyz 200")
+        assert status["policy"] == first_version
+        assert f"ConfigMap {OWN}/meshgate-policy" in status["policySource"]
+
+        response = served.client.post("/mutate", json=admission_review("shop", "serve-1"))
+        assert response.status_code == 200
+        answer = response.json()["response"]
+        assert answer["uid"] == "serve-1" and answer["allowed"] is True
+        assert answer["auditAnnotations"]["policy"] == first_version
+        ops = json.loads(base64.b64decode(answer["patch"]))
+        pod = jsonpatch.apply_patch(copy.deepcopy(POD), ops)
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["cart", "istio-proxy"]
+        assert pod["metadata"]["annotations"]["meshgate.io/injected"] == f"cni@{first_version}"
+        assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "istio-cni"
+
+        api.upsert("configmaps", policy_configmap(second))
+        started = time.monotonic()
+        served.wait(lambda: (served.readyz() or {}).get("policy") == second_version,
+                    "the new policy", timeout=5)  # fmt: skip
+        assert time.monotonic() - started < 2.0  # SPEC 3, seen from outside
+        answer = served.client.post("/mutate", json=admission_review("shop", "serve-2")).json()
+        pod = jsonpatch.apply_patch(
+            copy.deepcopy(POD), json.loads(base64.b64decode(answer["response"]["patch"]))
+        )
+        assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "tenant-net"
+        # Each accepted change is evented on the ConfigMap, with the old and new version.
+        change = f"{first_version} → {second_version}"
+        [event] = served.wait(
+            lambda: [
+                e for e in api.events if e["reason"] == "PolicyApplied" and change in e["message"]
+            ],
+            "the PolicyApplied Event",
+            timeout=5,
+        )
+        assert event["metadata"]["namespace"] == OWN
+        assert event["involvedObject"]["name"] == "meshgate-policy"
+    finally:
+        started = time.monotonic()
+        code = served.stop()
+        stopped_in = time.monotonic() - started
+    assert code == 0, served.output()
+    assert stopped_in < 5, f"took {stopped_in:.1f} s to exit"
+    logged = [json.loads(line) for line in served.output().splitlines() if line.startswith("{")]
+    assert any(e.get("msg") == "policy applied" and e.get("new") == second_version
+               for e in logged)  # fmt: skip
+    assert "Traceback" not in served.output()
+
+
+@pytest.mark.parametrize(
+    "kubeconfig",
+    [
+        pytest.param("missing", id="file-does-not-exist"),
+        pytest.param("empty", id="file-without-a-context"),
+    ],
+)
+def test_serve_without_cluster_config_or_files_exits_2(
+    tmp_path: Path, cert_dir: Path, kubeconfig: str
+) -> None:
+    path = tmp_path / "kubeconfig"
+    if kubeconfig == "empty":
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [],
+                                        "contexts": [], "users": []}))  # fmt: skip
+    result = subprocess.run(
+        [*meshgate_command(), "serve", "--kubeconfig", str(path), "--cert-dir", str(cert_dir),
+         "--host", "127.0.0.1", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, check=False, env=isolated_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("meshgate: no cluster configuration")
+    assert str(path) in message
+    assert "--policy" in message and "--namespaces-file" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_offline_from_files_without_cluster_config(tmp_path: Path, cert_dir: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("gate: {action: warn}\n")
+    namespaces = tmp_path / "namespaces.yaml"
+    namespaces.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "shop", "labels": {"istio-injection": "enabled"}}}))  # fmt: skip
+    env = isolated_env(tmp_path)
+    env["KUBECONFIG"] = str(tmp_path / "missing-kubeconfig")
+    served = Served(["--policy", str(policy), "--namespaces-file", str(namespaces)], env,
+                    tmp_path, cert_dir)  # fmt: skip
+    code: int | None = None
+    try:
+        status = served.wait(served.readyz, "/readyz 200")
+        assert status["policy"] == parse_policy_text("gate: {action: warn}").version
+        assert status["policySource"] == f"file {policy}"
+        answer = served.client.post("/mutate", json=admission_review("shop", "off-1")).json()
+        ops = json.loads(base64.b64decode(answer["response"]["patch"]))
+        pod = jsonpatch.apply_patch(copy.deepcopy(POD), ops)
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["cart", "istio-proxy"]
+        # No cluster: no NetworkAttachmentDefinition check, so no warning about one.
+        assert "warnings" not in answer["response"]
+    finally:
+        code = served.stop()
+    assert code == 0, served.output()
+    assert "no cluster configuration" in served.output()
