@@ -7,8 +7,11 @@ one JSON event per line, ``Status`` bodies for errors), so ApiClient, urllib3,
 ``kubernetes.watch.Watch`` and the kubeconfig loader run unchanged against it.
 
 It serves what meshgate uses, as a real API server does: LIST, GET and WATCH of namespaces,
-configmaps and network-attachment-definitions, POST of Events. Tests change the cluster as a
-controller would (``upsert``, ``delete``, ``compact``), inject faults and read ``requests``.
+configmaps, secrets, network-attachment-definitions and the two kinds of webhook
+configurations; POST of Events; create (POST) and replace (PUT, optimistic concurrency by
+resourceVersion) of Secrets; PATCH of webhook configurations (JSON patch, JSON merge patch,
+strategic merge patch). Tests change the cluster as a controller would (``upsert``,
+``delete``, ``compact``), inject faults and read ``requests`` (and ``bodies``).
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import jsonpatch
 import yaml
 
 from webhook import certs
 
 Object = dict[str, Any]
 NAD_GROUP = "k8s.cni.cncf.io"
+ADMISSION_GROUP = "admissionregistration.k8s.io"
+JSON_PATCH, MERGE_PATCH = "application/json-patch+json", "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+# Lists merged by a key under a strategic merge patch (patchMergeKey in the Go types), by
+# path from the object's root; every other list is atomic (replaced whole).
+MERGE_KEYS = {("webhooks",): "name"}
 _FIRST_RV = 100  # a fresh server is already past some history: a watch from "5" is 410 Gone
 
 
@@ -47,10 +57,15 @@ class Resource:
     kind: str
     group: str = ""
     namespaced: bool = True
+    writes: frozenset[str] = frozenset()  # besides get/list/watch: create, update, patch
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/v1" if self.group else "v1"
+
+    @property
+    def qualified_kind(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
 
     def error(self, code: int, reason: str, name: str, what: str) -> StatusError:
         """A real server's error about one object, e.g. 404 `namespaces "x" not found`."""
@@ -59,15 +74,42 @@ class Resource:
         details["kind"] = self.plural
         return StatusError(code, reason, f'{qualified} "{name}" {what}', details)
 
+    def conflict(self, name: str) -> StatusError:
+        """409 Conflict: a write carried a resourceVersion that is no longer the current one."""
+        qualified = f"{self.plural}.{self.group}" if self.group else self.plural
+        message = (f'Operation cannot be fulfilled on {qualified} "{name}": the object has been '
+                   "modified; please apply your changes to the latest version and try again")
+        details = {"name": name, **({"group": self.group} if self.group else {})}
+        return StatusError(409, "Conflict", message, {**details, "kind": self.plural})
 
+    def invalid(self, name: str, causes: list[tuple[str, str, str]]) -> StatusError:
+        """422 Invalid, from (field, cause reason, message) triples, worded as a real server
+        words field errors: `Secret "x" is invalid: type: Invalid value: ...`."""
+        errors = [f"{where}: {message}" for where, _, message in causes]
+        listed = errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"
+        details: Object = {"name": name, **({"group": self.group} if self.group else {})}
+        details["kind"] = self.kind
+        details["causes"] = [{"reason": reason, "message": message, "field": where}
+                             for where, reason, message in causes]  # fmt: skip
+        return StatusError(422, "Invalid", f'{self.qualified_kind} "{name}" is invalid: {listed}',
+                           details)  # fmt: skip
+
+
+_WEBHOOKS = frozenset({"patch"})
 RESOURCES = {
     r.plural: r
     for r in (
         Resource("namespaces", "Namespace", namespaced=False),
         Resource("configmaps", "ConfigMap"),
+        Resource("secrets", "Secret", writes=frozenset({"create", "update"})),
         Resource("network-attachment-definitions", "NetworkAttachmentDefinition", NAD_GROUP),
+        Resource("mutatingwebhookconfigurations", "MutatingWebhookConfiguration",
+                 ADMISSION_GROUP, namespaced=False, writes=_WEBHOOKS),
+        Resource("validatingwebhookconfigurations", "ValidatingWebhookConfiguration",
+                 ADMISSION_GROUP, namespaced=False, writes=_WEBHOOKS),
     )
-}
+}  # fmt: skip
+WRITE_METHODS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 EVENT_APIS = {g: Resource("events", "Event", g) for g in ("", "events.k8s.io")}
 
 
@@ -92,6 +134,13 @@ def _unknown_resource() -> StatusError:
 
 def _bad_request(message: str) -> StatusError:
     return StatusError(400, "BadRequest", message, {})
+
+
+def _json_body(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise _bad_request(f"{what}: {err}") from None
 
 
 def _true(value: str | None) -> bool:
@@ -235,6 +284,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with fake._cond:
             fake.requests.append((self.command, path, params))
+            if self.command in WRITE_METHODS:
+                with contextlib.suppress(ValueError):
+                    content_type = self.headers.get("Content-Type") or ""
+                    fake.bodies.append((self.command, path, content_type, json.loads(body)))
         if fake._stopping.is_set():  # read as the server goes down: never answered
             self.close_connection = True
             return
@@ -276,11 +329,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _unknown_resource()
         if (namespace and not res.namespaced) or (group == NAD_GROUP and not fake.crd_installed):
             raise _unknown_resource()
-        if self.command != ("POST" if events else "GET") or (events and (name or not namespace)):
+        verb = WRITE_METHODS.get(self.command, "get" if self.command == "GET" else "")
+        if events:
+            allowed = verb == "create" and namespace and not name
+        else:  # create on a collection (in its namespace), update and patch on one object
+            allowed = verb == "get" or (verb in res.writes and (verb == "create") != bool(name)
+                                        and (bool(namespace) or not res.namespaced))  # fmt: skip
+        if not allowed:
             message = "the server does not allow this method on the requested resource"
             raise StatusError(405, "MethodNotAllowed", message, {})
         if events:
             self._send_json(201, fake._create_event(res, namespace, body))
+        elif verb == "create":
+            self._send_json(201, fake._create(res, namespace, body))
+        elif verb == "update":
+            self._send_json(200, fake._replace(res, namespace, name, body))
+        elif verb == "patch":
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            self._send_json(200, fake._patch(res, namespace, name, content_type, body))
         elif name:
             obj = fake.get(res.plural, namespace, name)
             if obj is None:
@@ -397,6 +463,8 @@ class FakeAPIServer:
         self.bookmark_interval = bookmark_interval
         self.crd_installed = crd_installed
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, query)
+        # JSON bodies of POST, PUT and PATCH requests: (method, path, content type, body)
+        self.bodies: list[tuple[str, str, str, Any]] = []
         self.events: list[Object] = []  # created Events, newest last
         self.port = 0
         self._cond = threading.Condition()  # guards all state below; notified on changes
@@ -483,15 +551,13 @@ class FakeAPIServer:
         meta = obj.setdefault("metadata", {})
         if res.namespaced != bool(meta.get("namespace")):
             raise ValueError(f"metadata.namespace is {'required' if res.namespaced else 'wrong'}")
+        if resource == "secrets":  # defaulted by the API server
+            obj["type"] = obj.get("type") or "Opaque"
         if resource == "namespaces":  # the API server sets this label on every namespace
             labels = meta.get("labels") or {}
             meta["labels"] = {**labels, "kubernetes.io/metadata.name": meta["name"]}
         with self._cond:
-            old = self._objects[resource].get(_key(obj))
-            self._stamp(meta, old["metadata"] if old else None)
-            self._objects[resource][_key(obj)] = obj
-            self._record(_Change(self._rv, resource, "MODIFIED" if old else "ADDED", obj, old))
-            return copy.deepcopy(obj)
+            return self._write(resource, obj)
 
     def delete(self, resource: str, namespace: str, name: str) -> Object:
         """Delete an object (KeyError if absent); DELETED carries its last state, new RV."""
@@ -623,3 +689,205 @@ class FakeAPIServer:
             self._stamp(meta, None)
             self.events.append(obj)
             return copy.deepcopy(obj)
+
+    def _write(self, resource: str, obj: Object) -> Object:
+        """Store (create or replace) an object and record the change; under the lock."""
+        old = self._objects[resource].get(_key(obj))
+        self._stamp(obj["metadata"], old["metadata"] if old else None)
+        self._objects[resource][_key(obj)] = obj
+        self._record(_Change(self._rv, resource, "MODIFIED" if old else "ADDED", obj, old))
+        return copy.deepcopy(obj)
+
+    def _incoming(self, res: Resource, namespace: str, body: bytes) -> Object:
+        """A request's object, checked and defaulted as the API server decodes it."""
+        obj = _json_body(body, "the body of the request is not valid JSON")
+        if not isinstance(obj, dict) or not isinstance(obj.setdefault("metadata", {}), dict):
+            raise _bad_request("the body of the request is not a valid object")
+        for field, want in (("kind", res.kind), ("apiVersion", res.api_version)):
+            if obj.get(field, want) != want:
+                raise _bad_request(f"{field} {obj[field]!r} does not match {want!r}")
+        obj.update(kind=res.kind, apiVersion=res.api_version)
+        meta = obj["metadata"]
+        if res.namespaced:
+            if meta.get("namespace", namespace) != namespace:
+                raise _bad_request("the namespace of the provided object does not match the "
+                                   "namespace sent on the request")  # fmt: skip
+            meta["namespace"] = namespace
+        if res.plural == "secrets":
+            _decode_secret(obj)
+        return obj
+
+    def _create(self, res: Resource, namespace: str, body: bytes) -> Object:
+        obj = self._incoming(res, namespace, body)
+        meta = obj["metadata"]
+        name = meta.get("name") or ""
+        if not name:
+            required = "Required value: name or generateName is required"
+            raise res.invalid("", [("metadata.name", "FieldValueRequired", required)])
+        for system in ("uid", "resourceVersion", "creationTimestamp"):
+            meta.pop(system, None)  # set by the server, whatever the client sent
+        _validate(res, name, obj, None)
+        with self._cond:
+            if self._objects[res.plural].get(_key(obj)) is not None:
+                raise res.error(409, "AlreadyExists", name, "already exists")
+            return self._write(res.plural, obj)
+
+    def _replace(self, res: Resource, namespace: str, name: str, body: bytes) -> Object:
+        """PUT: an update, conditional when the object carries a resourceVersion."""
+        obj = self._incoming(res, namespace, body)
+        meta = obj["metadata"]
+        if meta.get("name") != name:
+            raise _bad_request(f"the name of the object ({meta.get('name')}) does not match the "
+                               f"name on the URL ({name})")  # fmt: skip
+        with self._cond:
+            old = self._objects[res.plural].get(_key(obj))
+            if old is None:  # secrets are not created by an update
+                raise res.error(404, "NotFound", name, "not found")
+            wanted = meta.get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise res.conflict(name)
+            _validate(res, name, obj, old)
+            return self._write(res.plural, obj)
+
+    def _patch(self, res: Resource, namespace: str, name: str, content_type: str,
+               body: bytes) -> Object:  # fmt: skip
+        """PATCH, as the API server applies it: to the current object, then the result is
+        checked like an update (a resourceVersion in it is a precondition)."""
+        if content_type not in (JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH):
+            message = ("the body of the request was in an unknown format - accepted media types "
+                       f"include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_PATCH} (the fake "
+                       "implements no apply patch)")  # fmt: skip
+            raise StatusError(415, "UnsupportedMediaType", message, {})
+        patch = _json_body(body, "error decoding patch")
+        with self._cond:
+            old = self._objects[res.plural].get((namespace, name))
+            if old is None:
+                raise res.error(404, "NotFound", name, "not found")
+            if content_type == JSON_PATCH:
+                if not isinstance(patch, list):
+                    raise _bad_request("json: cannot unmarshal object into Go value of type "
+                                       "jsonpatch.Patch")  # fmt: skip
+                try:
+                    obj = jsonpatch.apply_patch(copy.deepcopy(old), patch)
+                except jsonpatch.InvalidJsonPatch as err:
+                    raise _bad_request(str(err)) from None
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                    # the API server's words for a patch that does not apply (e.g. a failed test)
+                    message = "the server rejected our request due to an error in our request"
+                    raise StatusError(422, "Invalid", message,
+                                      {"causes": [{"message": str(err)}]}) from None  # fmt: skip
+            elif not isinstance(patch, dict):
+                raise _bad_request("Invalid JSON Patch")
+            elif content_type == MERGE_PATCH:
+                obj = _merge_patch(copy.deepcopy(old), patch)
+            else:
+                obj = _strategic_merge(copy.deepcopy(old), patch, ())
+            if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+                raise _bad_request("the patched object is not a valid object")
+            meta, old_meta = obj["metadata"], old["metadata"]
+            if meta.get("name") != name:
+                raise _bad_request(f"the name of the object ({meta.get('name')}) does not "
+                                   f"match the name on the URL ({name})")  # fmt: skip
+            wanted = meta.get("resourceVersion")
+            if wanted and wanted != old_meta["resourceVersion"]:
+                raise res.conflict(name)
+            obj.update(kind=res.kind, apiVersion=res.api_version)
+            _validate(res, name, obj, old)
+            return self._write(res.plural, obj)
+
+
+def _decode_secret(obj: Object) -> None:
+    """data values are base64 ([]byte in Go); stringData is merged into data, write-only;
+    type defaults to Opaque."""
+    data = obj.get("data") or {}
+    for key, value in data.items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, TypeError, ValueError) as err:
+            raise _bad_request(f'Secret in version "v1" cannot be handled as a Secret: '
+                               f"data[{key}]: illegal base64 data: {err}") from None  # fmt: skip
+    for key, value in (obj.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    if data:
+        obj["data"] = data
+    obj["type"] = obj.get("type") or "Opaque"
+
+
+def _validate(res: Resource, name: str, obj: Object, old: Object | None) -> None:
+    """The validation a real server does on what meshgate writes (422 Invalid)."""
+    causes: list[tuple[str, str, str]] = []
+    if res.plural == "secrets":
+        if old is not None and obj["type"] != (old.get("type") or "Opaque"):
+            causes.append(("type", "FieldValueInvalid",
+                           f'Invalid value: "{obj["type"]}": field is immutable'))  # fmt: skip
+        if obj["type"] == "kubernetes.io/tls":
+            for key in ("tls.crt", "tls.key"):
+                if key not in (obj.get("data") or {}):
+                    causes.append((f"data[{key}]", "FieldValueRequired", "Required value"))
+    elif res.group == ADMISSION_GROUP:
+        seen: set[str] = set()
+        for index, webhook in enumerate(obj.get("webhooks") or []):
+            where = f"webhooks[{index}]"
+            hook_name = webhook.get("name") if isinstance(webhook, dict) else None
+            if not hook_name:
+                causes.append((f"{where}.name", "FieldValueRequired", "Required value"))
+            elif hook_name in seen:
+                causes.append((f"{where}.name", "FieldValueDuplicate",
+                               f'Duplicate value: "{hook_name}"'))  # fmt: skip
+            seen.add(str(hook_name))
+            config = webhook.get("clientConfig") if isinstance(webhook, dict) else None
+            if not isinstance(config, dict) or not (config.get("url") or config.get("service")):
+                causes.append((f"{where}.clientConfig", "FieldValueRequired",
+                               "Required value: exactly one of url or service is required"))
+            elif "caBundle" in config:
+                try:
+                    base64.b64decode(config["caBundle"], validate=True)
+                except (binascii.Error, TypeError, ValueError) as err:
+                    causes.append((f"{where}.clientConfig.caBundle", "FieldValueInvalid",
+                                   f"Invalid value: illegal base64 data: {err}"))  # fmt: skip
+    if causes:
+        raise res.invalid(name, causes)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = target if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _strategic_merge(target: Any, patch: Any, path: tuple[str, ...]) -> Any:
+    """Kubernetes' strategic merge patch for the lists meshgate patches: a merge patch in
+    which the lists in MERGE_KEYS merge item by item on their key (items with a new key are
+    appended); other lists are replaced. Patch directives ($patch, $setElementOrder, ...)
+    are not implemented: they are refused, not ignored."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = target if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$"):
+            raise _bad_request(f"strategic merge directive {key} is not implemented by the fake")
+        merge_key = MERGE_KEYS.get((*path, key))
+        if value is None:
+            result.pop(key, None)
+        elif merge_key is not None and isinstance(value, list):
+            items = [i for i in result.get(key) or [] if isinstance(i, dict)]
+            for item in value:
+                if not isinstance(item, dict) or merge_key not in item:
+                    raise _bad_request(f"map: {item} does not contain declared merge key: "
+                                       f"{merge_key}")  # fmt: skip
+                found = next((i for i in items if i.get(merge_key) == item[merge_key]), None)
+                if found is None:
+                    items.append(_strategic_merge({}, item, (*path, key)))
+                else:
+                    _strategic_merge(found, item, (*path, key))
+            result[key] = items
+        else:
+            result[key] = _strategic_merge(result.get(key), value, (*path, key))
+    return result

@@ -363,7 +363,7 @@ def test_serve_dev_generates_certs_and_injects(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [*meshgate_command(), "serve", "--dev", "--port", str(port), "--cert-dir",
-         str(cert_dir), "--namespaces-file", str(namespaces)],
+         str(cert_dir), "--namespaces-file", str(namespaces), "--drain-seconds", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_isolated_env(tmp_path),
         cwd=tmp_path,
     )  # fmt: skip
@@ -426,7 +426,7 @@ def test_serve_dev_listens_on_loopback_only(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [*meshgate_command(), "serve", "--dev", "--port", str(port), "--cert-dir",
-         str(tmp_path / "certs")],
+         str(tmp_path / "certs"), "--drain-seconds", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_isolated_env(tmp_path),
         cwd=tmp_path,
     )  # fmt: skip

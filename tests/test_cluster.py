@@ -883,9 +883,11 @@ def test_shutdown_stops_every_watcher_at_once(
     fake.policy(WARN_TEXT)
     runtime = fake.connect()
     ready(runtime)
+    # The Event writer starts with the first PolicyApplied Event, just after the policy.
+    wait_for(lambda: "watch-policy-events" in watch_threads(), "the Event writer")
     assert sorted(watch_threads()) == [
         "watch-namespaces", "watch-network-attachment-definitions", "watch-policy",
-        "watch-policy-events",  # writes the PolicyApplied Event of the first policy
+        "watch-policy-events",
     ]  # fmt: skip
     if state == "backing-off":
         fake.api.refuse_connections(True)

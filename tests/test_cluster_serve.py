@@ -94,7 +94,7 @@ class Served:
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [*meshgate_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--cert-dir", str(cert_dir), *args],
+             "--cert-dir", str(cert_dir), "--drain-seconds", "0", *args],  # drain: test_shutdown
             stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
         )  # fmt: skip
         trust = ssl.create_default_context(cafile=str(cert_dir / certs.CA_CERT_FILE))

@@ -7,6 +7,8 @@ kubernetes.watch.Watch, never raw HTTP.
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import threading
 import time
@@ -422,3 +424,295 @@ def test_stop_ends_everything(tmp_path: Path) -> None:
     client.close()
     assert sorted(ended) == ["MaxRetryError", "watch ended cleanly after 0 events"], ended
     assert set(threading.enumerate()) == baseline
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets: create, replace (optimistic concurrency); webhook configurations: patch
+
+ADMISSION_PATH = "/apis/admissionregistration.k8s.io/v1"
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def tls_secret(name: str = "tls", **data: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "type": "kubernetes.io/tls",
+            "data": {k.replace("_", "."): b64(v) for k, v in data.items()}}  # fmt: skip
+
+
+def webhook_configuration(name: str, *hooks: str) -> dict[str, Any]:
+    service = {"namespace": "meshgate-system", "name": "meshgate", "path": "/mutate"}
+    return {"metadata": {"name": name},
+            "webhooks": [{"name": h, "clientConfig": {"service": service},
+                          "sideEffects": "None", "admissionReviewVersions": ["v1"]}
+                         for h in hooks]}  # fmt: skip
+
+
+@pytest.fixture
+def admission(client: Any) -> Any:
+    return kubernetes.client.AdmissionregistrationV1Api(client)
+
+
+def raw(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+def test_secret_create_and_already_exists(api: FakeAPIServer, v1: Any) -> None:
+    created = raw(v1.create_namespaced_secret(
+        "ns", tls_secret(tls_crt="C", tls_key="K"), _preload_content=False))  # fmt: skip
+    assert created["kind"] == "Secret" and created["metadata"]["namespace"] == "ns"
+    assert created["metadata"]["resourceVersion"] == api.resource_version
+    assert created["metadata"]["uid"] and created["type"] == "kubernetes.io/tls"
+    assert api.get("secrets", "ns", "tls") == created
+    read = v1.read_namespaced_secret("tls", "ns")
+    assert base64.b64decode(read.data["tls.crt"]) == b"C"
+    with pytest.raises(ApiException) as caught:
+        v1.create_namespaced_secret("ns", tls_secret(tls_crt="other", tls_key="K"))
+    assert caught.value.status == 409
+    assert status_of(caught.value) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'secrets "tls" already exists', "reason": "AlreadyExists",
+        "details": {"name": "tls", "kind": "secrets"}, "code": 409,
+    }  # fmt: skip
+    assert base64.b64decode(api.get("secrets", "ns", "tls")["data"]["tls.crt"]) == b"C"
+    assert [(m, p) for m, p, _ in api.requests if m == "POST"] == [
+        ("POST", "/api/v1/namespaces/ns/secrets")] * 2  # fmt: skip
+    method, path, _, body = api.bodies[0]
+    assert (method, path) == ("POST", "/api/v1/namespaces/ns/secrets")
+    assert body["data"]["tls.key"] == b64("K")
+
+
+def test_secret_create_defaults_and_validation(api: FakeAPIServer, v1: Any) -> None:
+    v1.create_namespaced_secret("ns", {"metadata": {"name": "plain"},
+                                       "stringData": {"k": "v"}})  # fmt: skip
+    stored = api.get("secrets", "ns", "plain")
+    assert stored["type"] == "Opaque" and stored["data"] == {"k": b64("v")}
+    assert "stringData" not in stored
+    with pytest.raises(ApiException) as caught:  # a TLS Secret needs both keys
+        v1.create_namespaced_secret("ns", tls_secret(tls_crt="C"))
+    assert caught.value.status == 422
+    body = status_of(caught.value)
+    assert body["reason"] == "Invalid"
+    assert body["message"] == 'Secret "tls" is invalid: data[tls.key]: Required value'
+    assert body["details"]["causes"] == [
+        {"reason": "FieldValueRequired", "message": "Required value", "field": "data[tls.key]"}]
+    with pytest.raises(ApiException) as caught:
+        v1.create_namespaced_secret("ns", {"metadata": {"name": "bad"}, "data": {"k": "!!"}})
+    assert caught.value.status == 400
+    with pytest.raises(ApiException) as caught:
+        v1.create_namespaced_secret("ns", {"metadata": {"name": "x", "namespace": "other"}})
+    assert caught.value.status == 400
+    assert api.get("secrets", "ns", "tls") is None and api.get("secrets", "ns", "bad") is None
+
+
+def test_secret_replace_is_conditional_on_resource_version(api: FakeAPIServer, v1: Any) -> None:
+    first = api.upsert("secrets", {**tls_secret(tls_crt="", tls_key=""),
+                                   "metadata": {"name": "tls", "namespace": "ns"}})  # fmt: skip
+    filled = copy.deepcopy(first)
+    filled["data"] = {"tls.crt": b64("C"), "tls.key": b64("K"), "ca.crt": b64("A")}
+    second = raw(v1.replace_namespaced_secret("tls", "ns", filled, _preload_content=False))
+    assert int(second["metadata"]["resourceVersion"]) > int(first["metadata"]["resourceVersion"])
+    assert second["metadata"]["uid"] == first["metadata"]["uid"]
+    assert second["data"]["ca.crt"] == b64("A")
+    stale = copy.deepcopy(filled)  # still carries the first resourceVersion
+    stale["data"]["tls.crt"] = b64("lost update")
+    with pytest.raises(ApiException) as caught:
+        v1.replace_namespaced_secret("tls", "ns", stale)
+    assert caught.value.status == 409
+    assert status_of(caught.value) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'Operation cannot be fulfilled on secrets "tls": the object has been '
+                   "modified; please apply your changes to the latest version and try again",
+        "reason": "Conflict", "details": {"name": "tls", "kind": "secrets"}, "code": 409,
+    }  # fmt: skip
+    assert api.get("secrets", "ns", "tls") == second
+    del stale["metadata"]["resourceVersion"]  # no resourceVersion: unconditional
+    v1.replace_namespaced_secret("tls", "ns", stale)
+    assert api.get("secrets", "ns", "tls")["data"]["tls.crt"] == b64("lost update")
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "status"),
+    [
+        pytest.param("gone", {}, 404, id="absent-secret-is-not-created-by-put"),
+        pytest.param("tls", {"type": "Opaque"}, 422, id="type-is-immutable"),
+        pytest.param("tls", {"metadata": {"name": "other"}}, 400, id="name-differs-from-url"),
+    ],
+)
+def test_secret_replace_refused(api: FakeAPIServer, v1: Any, name: str,
+                                change: dict[str, Any], status: int) -> None:  # fmt: skip
+    stored = api.upsert("secrets", {**tls_secret(tls_crt="C", tls_key="K"),
+                                    "metadata": {"name": "tls", "namespace": "ns"}})  # fmt: skip
+    body = {**copy.deepcopy(stored), **change}
+    if status == 404:
+        body["metadata"] = {**body["metadata"], "name": name}
+    with pytest.raises(ApiException) as caught:
+        v1.replace_namespaced_secret(name, "ns", body)
+    assert caught.value.status == status
+    if status == 422:
+        assert status_of(caught.value)["message"] == (
+            'Secret "tls" is invalid: type: Invalid value: "Opaque": field is immutable'
+        )
+    assert api.get("secrets", "ns", "tls") == stored
+
+
+def test_secret_writes_are_watched(api: FakeAPIServer, v1: Any) -> None:
+    rv = v1.list_namespaced_secret("ns").metadata.resource_version
+    v1.create_namespaced_secret("ns", tls_secret(tls_crt="C", tls_key="K"))
+    current = v1.read_namespaced_secret("tls", "ns")
+    current.data["tls.crt"] = b64("D")
+    v1.replace_namespaced_secret("tls", "ns", current)
+    events = list(kubernetes.watch.Watch().stream(v1.list_namespaced_secret, "ns",
+                                                  resource_version=rv, timeout_seconds=1))
+    assert [e["type"] for e in events] == ["ADDED", "MODIFIED"]
+    assert events[1]["raw_object"]["data"]["tls.crt"] == b64("D")
+
+
+def test_webhook_configuration_json_patch(api: FakeAPIServer, admission: Any) -> None:
+    api.upsert("mutatingwebhookconfigurations", webhook_configuration("mg", "a.x", "b.x"))
+    before = api.get("mutatingwebhookconfigurations", "", "mg")
+    ops = [{"op": "test", "path": "/webhooks/1/name", "value": "b.x"},
+           {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": b64("CA")}]
+    patched = raw(admission.patch_mutating_webhook_configuration(
+        "mg", ops, _content_type=JSON_PATCH, _preload_content=False))  # fmt: skip
+    assert patched["webhooks"][1]["clientConfig"]["caBundle"] == b64("CA")
+    assert "caBundle" not in patched["webhooks"][0]["clientConfig"]
+    assert patched["metadata"]["uid"] == before["metadata"]["uid"]
+    assert int(patched["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
+    assert api.get("mutatingwebhookconfigurations", "", "mg") == patched
+    assert api.bodies[-1] == ("PATCH", f"{ADMISSION_PATH}/mutatingwebhookconfigurations/mg",
+                              JSON_PATCH, ops)  # fmt: skip
+    assert admission.read_mutating_webhook_configuration("mg").webhooks[1].name == "b.x"
+    # a failed test: the whole patch is refused (422, as the API server words it)
+    wrong = [{"op": "test", "path": "/webhooks/0/name", "value": "b.x"},
+             {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b64("X")}]
+    with pytest.raises(ApiException) as caught:
+        admission.patch_mutating_webhook_configuration("mg", wrong, _content_type=JSON_PATCH)
+    assert caught.value.status == 422
+    body = status_of(caught.value)
+    assert (body["reason"], body["message"]) == (
+        "Invalid", "the server rejected our request due to an error in our request")
+    assert body["details"]["causes"][0]["message"]
+    assert api.get("mutatingwebhookconfigurations", "", "mg") == patched
+
+
+@pytest.mark.parametrize(
+    ("content_type", "patch", "hooks"),
+    [
+        pytest.param(MERGE_PATCH, {"webhooks": [{"name": "b.x", "clientConfig": {"url": "u"}}]},
+                     [("b.x", {"url": "u"})], id="merge-patch-replaces-the-list"),
+        pytest.param(STRATEGIC_PATCH,
+                     {"webhooks": [{"name": "b.x", "clientConfig": {"caBundle": b64("CA")}}]},
+                     [("a.x", {}), ("b.x", {"caBundle": b64("CA")})],
+                     id="strategic-merge-by-name"),
+        pytest.param(STRATEGIC_PATCH,
+                     {"webhooks": [{"name": "c.x", "clientConfig": {"url": "u"}}]},
+                     [("a.x", {}), ("b.x", {}), ("c.x", {"url": "u"})],
+                     id="strategic-merge-appends-a-new-name"),
+    ],
+)  # fmt: skip
+def test_webhook_configuration_merge_patches(
+    api: FakeAPIServer, admission: Any, content_type: str, patch: dict[str, Any],
+    hooks: list[tuple[str, dict[str, Any]]],
+) -> None:  # fmt: skip
+    api.upsert("validatingwebhookconfigurations", webhook_configuration("mg", "a.x", "b.x"))
+    # raw: the client's models would refuse webhooks without sideEffects when reading them
+    admission.patch_validating_webhook_configuration("mg", patch, _content_type=content_type,
+                                                     _preload_content=False)  # fmt: skip
+    stored = api.get("validatingwebhookconfigurations", "", "mg")
+    got = [(w["name"], {k: v for k, v in w["clientConfig"].items() if k != "service"})
+           for w in stored["webhooks"]]  # fmt: skip
+    assert got == hooks
+
+
+@pytest.mark.parametrize(
+    ("content_type", "patch", "status"),
+    [
+        pytest.param(JSON_PATCH, [{"op": "add", "path": "/webhooks/0/name", "value": "b.x"}],
+                     422, id="duplicate-webhook-name"),
+        pytest.param(JSON_PATCH, [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle",
+                                   "value": "not base64!"}], 422, id="caBundle-not-base64"),
+        pytest.param(JSON_PATCH, [{"op": "add", "path": "/webhooks/7/clientConfig/caBundle",
+                                   "value": b64("CA")}], 422, id="path-does-not-exist"),
+        pytest.param(MERGE_PATCH, {"metadata": {"resourceVersion": "1"}}, 409,
+                     id="stale-resource-version-is-a-conflict"),
+        pytest.param(STRATEGIC_PATCH, {"webhooks": [{"name": "a.x", "$patch": "delete"}]}, 400,
+                     id="strategic-directive-not-implemented"),
+        pytest.param(STRATEGIC_PATCH, {"webhooks": [{"clientConfig": {}}]}, 400,
+                     id="strategic-item-without-merge-key"),
+        pytest.param("application/apply-patch+yaml", {}, 415, id="apply-patch-unsupported"),
+    ],
+)  # fmt: skip
+def test_webhook_configuration_patch_refused(api: FakeAPIServer, admission: Any,
+                                             content_type: str, patch: Any,
+                                             status: int) -> None:  # fmt: skip
+    stored = api.upsert("mutatingwebhookconfigurations", webhook_configuration("mg", "a.x", "b.x"))
+    with pytest.raises(ApiException) as caught:
+        admission.patch_mutating_webhook_configuration("mg", patch, _content_type=content_type)
+    assert caught.value.status == status
+    assert status_of(caught.value)["code"] == status
+    assert api.get("mutatingwebhookconfigurations", "", "mg") == stored
+
+
+def test_webhook_configurations_are_cluster_scoped(api: FakeAPIServer, admission: Any,
+                                                   client: Any) -> None:  # fmt: skip
+    with pytest.raises(ApiException) as caught:
+        admission.read_validating_webhook_configuration("mg")
+    assert caught.value.status == 404
+    assert status_of(caught.value)["message"] == (
+        'validatingwebhookconfigurations.admissionregistration.k8s.io "mg" not found'
+    )
+    with pytest.raises(ApiException) as caught:
+        admission.patch_validating_webhook_configuration("mg", [], _content_type=JSON_PATCH)
+    assert caught.value.status == 404
+    api.upsert("validatingwebhookconfigurations", webhook_configuration("mg", "a.x"))
+    assert [w.metadata.name for w in admission.list_validating_webhook_configuration().items] == [
+        "mg"]  # fmt: skip
+    with pytest.raises(ValueError):
+        api.upsert("validatingwebhookconfigurations",
+                   {**webhook_configuration("x"), "metadata": {"name": "x", "namespace": "n"}})
+    path = f"{ADMISSION_PATH}/namespaces/n/validatingwebhookconfigurations/mg"
+    request = client.param_serialize("GET", path, auth_settings=["BearerToken"])
+    response = client.call_api(*request)  # raw: no client method names such a path
+    response.read()
+    assert response.status == 404
+    assert json.loads(response.data)["message"] == (
+        "the server could not find the requested resource")
+
+
+def test_methods_a_resource_does_not_allow_are_405(api: FakeAPIServer, admission: Any,
+                                                   v1: Any) -> None:  # fmt: skip
+    api.upsert("configmaps", configmap("ns", "cm"))
+    api.upsert("secrets", {"metadata": {"namespace": "ns", "name": "s"}})
+    calls = [
+        lambda: v1.replace_namespaced_config_map("cm", "ns", configmap("ns", "cm")),
+        lambda: v1.patch_namespaced_secret("s", "ns", [], _content_type=JSON_PATCH),
+        lambda: v1.delete_namespaced_secret("s", "ns"),
+        lambda: admission.create_mutating_webhook_configuration(webhook_configuration("m", "a")),
+    ]
+    for call in calls:
+        with pytest.raises(ApiException) as caught:
+            call()
+        assert caught.value.status == 405
+        assert status_of(caught.value)["reason"] == "MethodNotAllowed"
+
+
+def test_faults_apply_to_writes(api: FakeAPIServer, v1: Any, admission: Any) -> None:
+    api.upsert("mutatingwebhookconfigurations", webhook_configuration("mg", "a.x"))
+    api.fail_next("POST", "/api/v1/namespaces/ns/secrets", status=403, reason="Forbidden")
+    api.fail_next("PATCH", ADMISSION_PATH, status=500)
+    with pytest.raises(ApiException) as caught:
+        v1.create_namespaced_secret("ns", tls_secret(tls_crt="C", tls_key="K"))
+    assert caught.value.status == 403 and api.get("secrets", "ns", "tls") is None
+    ops = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b64("CA")}]
+    with pytest.raises(ApiException) as caught:
+        admission.patch_mutating_webhook_configuration("mg", ops, _content_type=JSON_PATCH)
+    assert caught.value.status == 500
+    admission.patch_mutating_webhook_configuration("mg", ops, _content_type=JSON_PATCH)
+    v1.create_namespaced_secret("ns", tls_secret(tls_crt="C", tls_key="K"))
+    stored = api.get("mutatingwebhookconfigurations", "", "mg")
+    assert stored["webhooks"][0]["clientConfig"]["caBundle"] == b64("CA")

@@ -1,7 +1,8 @@
 """The HTTP shell over real TLS: webhook.app.create_app served by webhook.server.make_server.
 
 Servers listen on 127.0.0.1 on an ephemeral port, run in a background thread, and stop
-themselves at teardown. Clients verify the serving certificate against the test CA.
+themselves at teardown. Clients verify the serving certificate against the test CA. The TLS
+policy itself (versions, cipher suites, the chain) is tested in test_tls.py.
 """
 
 from __future__ import annotations
@@ -37,18 +38,6 @@ NAMESPACES = StaticNamespaces({"mesh": {"istio-injection": "enabled"}, "optin": 
 POLICY = default_policy()
 SMALL_BODY = 4096
 
-# The metric names of SPEC section 6 (a histogram shows as its _bucket/_sum/_count series).
-SPEC_METRICS = [
-    "meshgate_admission_requests_total",
-    "meshgate_decisions_total",
-    "meshgate_gate_violations_total",
-    "meshgate_admission_duration_seconds",
-    "meshgate_policy_reloads_total",
-    "meshgate_policy_info",
-    "meshgate_certificate_expiry_seconds",
-]
-
-
 # ---------------------------------------------------------------------------------------
 # certificates, servers, clients
 
@@ -63,12 +52,6 @@ def _write_certs(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_certs(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA that did not sign the server's certificate."""
-    return _write_certs(tmp_path_factory.mktemp("other")) / certs.CA_CERT_FILE
 
 
 def client_context(ca_file: Path, *, minimum: ssl.TLSVersion | None = None,
@@ -205,7 +188,7 @@ def apply(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# health, readiness, metrics
+# health and readiness (metrics: test_observability.py)
 
 
 def test_healthz(client: httpx.Client) -> None:
@@ -226,36 +209,6 @@ def test_not_ready_without_a_policy(cert_dir: Path) -> None:
         for path in ("/mutate", "/validate"):
             text = check_error(post(c, path, review(pod())), 503)
             assert "ready" in text.lower()
-
-
-def test_metrics_have_the_spec_names(client: httpx.Client) -> None:
-    assert post(client, "/mutate", review(pod())).status_code == 200
-    assert post(client, "/validate", review(pod("NET_ADMIN"))).status_code == 200
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    names = {s.name for f in families.values() for s in f.samples} | {
-        line.split()[2] for line in response.text.splitlines() if line.startswith("# TYPE")
-    }
-    missing = [n for n in SPEC_METRICS if n not in names]
-    assert not missing, missing
-
-    def value(name: str, **labels: str) -> float:
-        return sum(
-            s.value
-            for f in families.values()
-            for s in f.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    assert value("meshgate_admission_requests_total", endpoint="mutate",
-                 operation="CREATE") >= 1  # fmt: skip
-    assert value("meshgate_admission_requests_total", endpoint="validate") >= 1
-    assert value("meshgate_decisions_total", mode="cni") >= 1
-    assert value("meshgate_gate_violations_total", action="deny") >= 1
-    assert value("meshgate_admission_duration_seconds_count", endpoint="mutate") >= 1
-    assert value("meshgate_policy_info", version=POLICY.version) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,122 +415,6 @@ def test_malformed_http_is_a_4xx(main_server: Served, client: httpx.Client, raw:
         tls.close()
     assert 400 <= status < 500
     assert post(client, "/mutate", review(pod())).status_code == 200
-
-
-# ---------------------------------------------------------------------------------------
-# TLS
-
-
-def test_handshake_fails_for_a_client_trusting_another_ca(
-    main_server: Served, other_ca: Path
-) -> None:
-    with (
-        pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
-        main_server.client(verify=client_context(other_ca)) as c,
-    ):
-        c.get("/healthz")
-
-
-def test_plain_http_is_not_served(main_server: Served) -> None:
-    with httpx.Client(base_url=f"http://127.0.0.1:{main_server.port}", timeout=5) as c:
-        try:
-            response = c.get("/healthz")
-        except httpx.TransportError:
-            return
-        assert response.status_code >= 400
-
-
-def _handshake(port: int, context: ssl.SSLContext) -> str:
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        reply = tls.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 200"), reply
-        version = tls.version()
-        assert version is not None
-        return version
-
-
-@pytest.mark.parametrize(
-    ("version", "name"),
-    [
-        pytest.param(ssl.TLSVersion.TLSv1_2, "TLSv1.2", id="tls1.2"),
-        pytest.param(ssl.TLSVersion.TLSv1_3, "TLSv1.3", id="tls1.3"),
-    ],
-)
-def test_modern_tls_versions_succeed(
-    main_server: Served, cert_dir: Path, version: ssl.TLSVersion, name: str
-) -> None:
-    context = client_context(cert_dir / certs.CA_CERT_FILE, minimum=version, maximum=version)
-    assert _handshake(main_server.port, context) == name
-    with main_server.client(verify=context) as c:
-        assert c.get("/healthz").status_code == 200
-
-
-def _legacy_context(ca_file: Path | None) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca_file is None:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context.load_verify_locations(str(ca_file))
-    context.set_ciphers("ALL:@SECLEVEL=0")
-    context.minimum_version = ssl.TLSVersion.TLSv1
-    context.maximum_version = ssl.TLSVersion.TLSv1_1
-    return context
-
-
-def _can_offer_tls11(cert_dir: Path) -> bool:
-    """Whether this OpenSSL can complete a TLS 1.1 handshake at all (against itself)."""
-    try:
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.set_ciphers("ALL:@SECLEVEL=0")
-        server.minimum_version = ssl.TLSVersion.TLSv1
-        server.maximum_version = ssl.TLSVersion.TLSv1_1
-        server.load_cert_chain(cert_dir / certs.TLS_CERT_FILE, cert_dir / certs.TLS_KEY_FILE)
-        client = _legacy_context(None)
-    except (ssl.SSLError, ValueError):
-        return False
-    left, right = socket.socketpair()
-    left.settimeout(5)
-    right.settimeout(5)
-    outcome: list[str | None] = []
-
-    def serve() -> None:
-        try:
-            with server.wrap_socket(left, server_side=True) as tls:
-                outcome.append(tls.version())
-        except (ssl.SSLError, OSError):
-            outcome.append(None)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        with client.wrap_socket(right) as tls:
-            ok = tls.version() == "TLSv1.1"
-    except (ssl.SSLError, OSError):
-        ok = False
-    thread.join(5)
-    left.close()
-    return ok and outcome == ["TLSv1.1"]
-
-
-@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-def test_tls_1_1_is_refused(main_server: Served, cert_dir: Path) -> None:
-    if not _can_offer_tls11(cert_dir):
-        pytest.skip("the local OpenSSL cannot offer TLS 1.1 at all")
-    context = _legacy_context(cert_dir / certs.CA_CERT_FILE)
-    with pytest.raises(ssl.SSLError, match="(?i)protocol|version"):
-        _handshake(main_server.port, context)
-
-
-def test_tls_1_2_without_forward_secrecy_is_refused(main_server: Served, cert_dir: Path) -> None:
-    context = client_context(cert_dir / certs.CA_CERT_FILE, maximum=ssl.TLSVersion.TLSv1_2)
-    context.set_ciphers("AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA:AES256-SHA")
-    with pytest.raises(ssl.SSLError):
-        _handshake(main_server.port, context)
 
 
 # ---------------------------------------------------------------------------------------

@@ -72,8 +72,9 @@ def create_app(
     in_flight = 0
 
     def record(endpoint: str, outcome: Outcome, started: float) -> None:
+        elapsed = time.perf_counter() - started
         metrics.requests.labels(endpoint, outcome.operation, outcome.decision).inc()
-        metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.duration.labels(endpoint).observe(elapsed)
         if endpoint == "mutate" and outcome.mode:
             metrics.decisions.labels(outcome.mode, outcome.decision).inc()
         if endpoint == "validate" and outcome.violations:
@@ -90,21 +91,35 @@ def create_app(
                 "allowed": outcome.allowed,
                 "reason": outcome.reason,
                 "violations": list(outcome.violations),
+                "durationMs": round(elapsed * 1000, 3),
             },
         )
+
+    def http_error(endpoint: str, started: float, status: int, message: str,
+                   uid: str | None = None) -> Response:  # fmt: skip
+        """An HTTP error answer, with its one log line (the message names what was wrong,
+        never the content of the object)."""
+        log.info("admission request not judged", extra={
+            "uid": uid, "endpoint": endpoint, "status": status, "error": message[:300],
+            "durationMs": round((time.perf_counter() - started) * 1000, 3)})  # fmt: skip
+        return _error(status, message, uid)
 
     async def serve_review(request: Request, endpoint: str) -> Response:
         nonlocal in_flight
         started = time.perf_counter()
         if in_flight >= max_in_flight:
             metrics.requests.labels(endpoint, "", "overloaded").inc()
-            return _error(503, "overloaded: too many requests in flight; retry")
+            return http_error(
+                endpoint, started, 503, "overloaded: too many requests in flight; retry"
+            )
         context = runtime.context
         if context is None:
-            return _error(503, f"not ready: {runtime.not_ready_detail}")
+            return http_error(endpoint, started, 503, f"not ready: {runtime.not_ready_detail}")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            return _error(415, f"content type must be application/json, got {media_type!r}")
+            return http_error(
+                endpoint, started, 415, f"content type must be application/json, got {media_type!r}"
+            )
         in_flight += 1
         uid = None
         try:
@@ -112,9 +127,13 @@ def create_app(
                 async with asyncio.timeout(body_timeout):
                     body = await _read_body(request, max_body)
             except TimeoutError:
-                return _error(408, f"request body not received within {body_timeout:g} s")
+                return http_error(
+                    endpoint, started, 408, f"request body not received within {body_timeout:g} s"
+                )
             if body is None:
-                return _error(413, f"request body is larger than {max_body} bytes")
+                return http_error(
+                    endpoint, started, 413, f"request body is larger than {max_body} bytes"
+                )
             try:
                 parsed = parse_review(body)
                 uid = parsed["uid"]
@@ -125,7 +144,7 @@ def create_app(
                 outcome = admit(parsed, endpoint, context)
             except BadRequest as err:
                 metrics.requests.labels(endpoint, "", "bad-request").inc()
-                return _error(err.status, err.message, err.uid)
+                return http_error(endpoint, started, err.status, err.message, err.uid)
             record(endpoint, outcome, started)
             return Response(orjson.dumps(outcome.review), media_type="application/json")
         except ClientDisconnect:
@@ -141,16 +160,26 @@ def create_app(
         finally:
             in_flight -= 1
 
+    async def answer(request: Request, endpoint: str) -> Response:
+        response = await serve_review(request, endpoint)
+        if runtime.draining:
+            # Keep-alive callers (the API server) reconnect for their next call, and reach
+            # a replica that is not leaving; this connection is then idle when we close.
+            response.headers["connection"] = "close"
+        return response
+
     async def mutate(request: Request) -> Response:
-        return await serve_review(request, "mutate")
+        return await answer(request, "mutate")
 
     async def validate(request: Request) -> Response:
-        return await serve_review(request, "validate")
+        return await answer(request, "validate")
 
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if runtime.draining:  # shutting down: out of the endpoints, still answering
+            return _json(503, {"ready": False, "detail": "draining"})
         context = runtime.context
         if context is None:
             return _json(503, {"ready": False, "detail": runtime.not_ready_detail})

@@ -16,6 +16,7 @@ import yaml
 
 from . import certs, logs
 from .admission import Context, NamespaceLookup
+from .certs_cli import add_certs_commands
 from .explain import explain, render_text
 from .match import SchemaError
 from .namespaces import NamespacesFileError, StaticNamespaces, load_namespaces_file
@@ -24,6 +25,7 @@ from .sources import DEFAULT_NAMESPACE, read_policy_file
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .selfsigned import SelfSigned
     from .watch import ListWatch
 
 DEV_CERT_DIR = "certs/dev"
@@ -65,11 +67,21 @@ def _parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import kube
     from .app import create_app
     from .runtime import Runtime
-    from .server import make_server
+    from .server import CertificateError, make_server
     from .watch import stop_all
 
     logs.configure(args.log_level)
@@ -78,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info(
             "generated a throwaway dev CA and serving certificate", extra={"dir": str(cert_dir)}
         )
+    keeper = _self_signed(args, cert_dir) if args.self_signed_secret else None
     for name in (certs.TLS_CERT_FILE, certs.TLS_KEY_FILE):
         if not (cert_dir / name).is_file():
             raise UsageError(f"{cert_dir / name} does not exist (use --cert-dir, or --dev)")
@@ -96,15 +109,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
                "policySource": runtime.policy_source or "ConfigMap (watching)",
                "cluster": bool(watchers)},
     )  # fmt: skip
-    # uvicorn handles SIGTERM (a graceful stop), then raises it again once it has stopped,
-    # as if it had not been handled; ignored then, the watches below are stopped and the
-    # process exits 0 instead of dying of the signal half-way through its own shutdown.
+    # SIGTERM starts the drain (server.py: not ready, still answering, then a graceful
+    # stop). uvicorn raises a signal it stopped on again once it has stopped, as if it had
+    # not been handled; ignored then, the watches below are stopped and the process exits 0
+    # instead of dying of the signal half-way through its own shutdown.
     in_main = threading.current_thread() is threading.main_thread()  # signals: main only
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None
+    if keeper is not None:
+        keeper.start()  # the Secret, the files and the caBundles, re-checked every minute
     try:
-        make_server(create_app(runtime), host, args.port, cert_dir).run()
+        try:
+            server = make_server(create_app(runtime), host, args.port, cert_dir,
+                                 runtime=runtime, drain_seconds=args.drain_seconds)  # fmt: skip
+        except CertificateError as err:
+            raise UsageError(f"serving certificate: {err}") from None
+        server.run()
     finally:
         stop_all(watchers)
+        if keeper is not None:
+            keeper.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
@@ -128,6 +151,29 @@ def _connect(args: argparse.Namespace, runtime: Runtime) -> list[ListWatch]:
     return cluster.connect(
         runtime, api, policy=args.policy is None, namespaces=args.namespaces_file is None
     )
+
+
+def _self_signed(args: argparse.Namespace, cert_dir: Path) -> SelfSigned:
+    """--self-signed-secret: settle the Secret, write its files into `cert_dir` and patch the
+    caBundles, before anything is served; the keeper returned re-checks once started."""
+    from . import kube, selfsigned
+
+    if args.dev:
+        raise UsageError("--self-signed-secret needs a cluster: it does not go with --dev")
+    try:
+        api = kube.api_client(args.kubeconfig)
+    except kube.ClusterConfigError as err:
+        raise UsageError(f"--self-signed-secret needs a cluster: {err}") from None
+    keeper = selfsigned.SelfSigned(
+        api, namespace=kube.own_namespace(args.namespace), secret=args.self_signed_secret,
+        service=args.service, webhook_configuration=args.webhook_configuration,
+        cert_dir=cert_dir,
+    )  # fmt: skip
+    try:
+        keeper.sync()
+    except selfsigned.SelfSignedError as err:
+        raise UsageError(f"--self-signed-secret: {err}") from None
+    return keeper
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -195,7 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dev", action="store_true", help="never contact a cluster; make dev certificates"
     )
+    serve.add_argument(
+        "--self-signed-secret", metavar="NAME",
+        help="keep the serving certificate in this Secret of the webhook's namespace (made if "
+        "absent or empty) and its CA in the webhook configurations' caBundle",
+    )  # fmt: skip
+    serve.add_argument(
+        "--service", default="meshgate", metavar="NAME",
+        help="the Service the API server calls, named by the certificate "
+        "(with --self-signed-secret; default meshgate)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--webhook-configuration", default="meshgate", metavar="NAME",
+        help="the Mutating- and ValidatingWebhookConfiguration whose caBundle is kept "
+        "(with --self-signed-secret; default meshgate)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--drain-seconds", type=_seconds, default=5.0,
+        help="on SIGTERM, answer this long while not ready before closing (default 5)",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     exp = sub.add_parser("explain", help="show the decision and patch for each pod in a file")
@@ -212,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = pol_sub.add_parser("check", help="validate a policy file (or its ConfigMap)")
     check.add_argument("file")
     check.set_defaults(func=cmd_policy_check)
+
+    add_certs_commands(sub)
     return parser
 
 

@@ -40,6 +40,11 @@ class Metrics:
             "meshgate_certificate_expiry_seconds",
             "Unix time at which the serving certificate expires.", registry=r,
         )  # fmt: skip
+        self.certificate_reloads = Counter(
+            "meshgate_certificate_reloads",
+            "Serving certificate loads from --cert-dir, by result (error: the previous one "
+            "stays in use).", ["result"], registry=r,
+        )  # fmt: skip
         self.errors = Counter(
             "meshgate_internal_errors", "Unexpected errors answered with 500.", registry=r
         )

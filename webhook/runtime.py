@@ -40,6 +40,8 @@ class Runtime:
     policy: Policy | None = None
     policy_source: str = ""
     policy_error: str = ""  # the last rejected policy, while the last good one stays in force
+    # SIGTERM received: /readyz says not ready while requests are still answered (SPEC 6).
+    draining: bool = False
     _context: Context | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
