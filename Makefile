@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8443
 CERT_DIR ?= certs/dev
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/pytest -q
+
+# meshgate against a bare TLS server (the floor) with wrk; writes bench/results.md and
+# bench/latency-vs-size.png (see bench/README.md). Not part of `make test`; about 7 minutes.
+bench: $(VENV)/.bench-installed
+	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
+	$(BIN)/python -m bench.run
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install -c constraints.txt -e '.[bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
