@@ -29,6 +29,7 @@ import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from helpers import ServerThread, admission_review, read_response, threads_running
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
@@ -38,7 +39,7 @@ from webhook.metrics import Metrics
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
-from webhook.server import CertificateError, ServingCertificate, make_server
+from webhook.server import CertificateError, ServingCertificate
 
 NAMESPACES = StaticNamespaces({"mesh": {"istio-injection": "enabled"}})
 
@@ -300,43 +301,10 @@ def test_unusable_files_at_start_up_are_an_error(tmp_path: Path, pairs: dict[str
 # the real server, under load
 
 
-class Served:
-    """make_server (uvicorn over TLS) in a background thread on 127.0.0.1."""
-
-    def __init__(self, runtime: Runtime, cert_dir: Path) -> None:
-        self.server = make_server(create_app(runtime), "127.0.0.1", 0, cert_dir, runtime=runtime)
-        self.thread = threading.Thread(target=self.server.run, name="meshgate-reload", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.02)
-        self.port: int = self.server.servers[0].sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        assert not self.thread.is_alive(), "the server did not stop"
-
-
-@contextlib.contextmanager
-def serving(runtime: Runtime, cert_dir: Path) -> Iterator[Served]:
-    served = Served(runtime, cert_dir)
-    try:
-        yield served
-    finally:
-        served.stop()
-
-
 def review(uid: str) -> bytes:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
            "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]}}
-    return orjson.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "operation": "CREATE", "namespace": "mesh", "name": "web", "object": pod},
-    })  # fmt: skip
+    return orjson.dumps(admission_review(pod, uid=uid, namespace="mesh"))
 
 
 def check_answer(status: int, body: bytes, uid: str) -> None:
@@ -386,11 +354,8 @@ class Load:
                     tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 b"Content-Type: application/json\r\nConnection: close\r\n"
                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
-                    data = b""
-                    while chunk := tls.recv(65536):
-                        data += chunk
-                head, _, payload = data.partition(b"\r\n\r\n")
-                check_answer(int(head.split(b" ", 2)[1]), payload, uid)
+                    status, payload = read_response(tls)
+                check_answer(status, payload, uid)
             except Exception as err:  # every failure is counted, whatever it is
                 self._count(f"{uid}: {type(err).__name__}: {err}")
             else:
@@ -424,14 +389,10 @@ class Load:
                    for i in range(fresh)]  # fmt: skip
         threads += [threading.Thread(target=self.keep_alive, args=(i,), daemon=True)
                     for i in range(kept)]  # fmt: skip
-        for thread in threads:
-            thread.start()
         try:
-            yield self
+            with threads_running(threads, self.stop, join_timeout=20):
+                yield self
         finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(20)
             assert not any(t.is_alive() for t in threads)
 
 
@@ -455,7 +416,8 @@ def test_a_secret_update_under_load_fails_no_request(
     runtime = Runtime()
     runtime.install(Context(default_policy(), NAMESPACES, "meshgate-system"), "test")
     trust = trusting(a, b)  # the API server's caBundle holds both CAs during a rotation
-    with serving(runtime, volume.root) as served:
+    with ServerThread(create_app(runtime), volume.root, name="meshgate-reload",
+                      runtime=runtime) as served:  # fmt: skip
         before = scrape(served.port, trust)
         assert before["meshgate_certificate_expiry_seconds"] == a.not_after.timestamp()
         load = Load(served.port, trust)

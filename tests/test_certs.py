@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-import socket
 import ssl
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers import TLSEchoServer, client_context, tls_talk
 
 from webhook import certs
 from webhook.certs import (
@@ -54,79 +53,11 @@ def dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cert_dir
 
 
-class _TLSServer:
-    """A one-thread TLS echo server on 127.0.0.1 that stops itself.
-
-    It answers each handshake with ``ok`` and closes; it exits when stopped, after
-    ``max_connections`` connections, or when no client has come for ``idle_timeout``.
-    """
-
-    def __init__(self, cert_file: Path, key_file: Path, max_connections: int = 20) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
-        self.max_connections = max_connections
-        self.idle_timeout = 30.0
-        self.stop_event = threading.Event()
-        self.handshake_errors: list[str] = []
-        self.thread = threading.Thread(target=self._serve, name="tls-test-server", daemon=True)
-
-    def _serve(self) -> None:
-        served = 0
-        idle = 0.0
-        try:
-            while not self.stop_event.is_set() and served < self.max_connections:
-                try:
-                    conn, _ = self.sock.accept()
-                except TimeoutError:
-                    idle += 0.2
-                    if idle >= self.idle_timeout:
-                        return
-                    continue
-                idle = 0.0
-                served += 1
-                conn.settimeout(5.0)
-                try:
-                    with self.context.wrap_socket(conn, server_side=True) as tls:
-                        tls.recv(16)
-                        tls.sendall(b"ok")
-                except (ssl.SSLError, OSError) as exc:
-                    self.handshake_errors.append(type(exc).__name__)
-                finally:
-                    conn.close()
-        finally:
-            self.sock.close()
-
-    def __enter__(self) -> _TLSServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture()
-def tls_server(dev_dir: Path) -> Iterator[_TLSServer]:
-    with _TLSServer(dev_dir / "tls.crt", dev_dir / "tls.key") as server:
+def tls_server(dev_dir: Path) -> Iterator[TLSEchoServer]:
+    with TLSEchoServer(dev_dir / "tls.crt", dev_dir / "tls.key", max_connections=20,
+                       idle_timeout=30.0) as server:  # fmt: skip
         yield server
-
-
-def _talk(
-    port: int, context: ssl.SSLContext, server_hostname: str
-) -> tuple[bytes, dict[str, object]]:
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5.0) as raw,
-        context.wrap_socket(raw, server_hostname=server_hostname) as tls,
-    ):
-        tls.sendall(b"hi")
-        reply = tls.recv(16)
-        peer = tls.getpeercert()
-        assert peer is not None
-        return reply, dict(peer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,35 +275,35 @@ def test_ensure_dev_certs_completes_partial_dir(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("server_hostname", ["localhost", "127.0.0.1"])
 def test_tls_handshake_verifies(
-    tls_server: _TLSServer, dev_dir: Path, server_hostname: str
+    tls_server: TLSEchoServer, dev_dir: Path, server_hostname: str
 ) -> None:
-    context = ssl.create_default_context(cafile=str(dev_dir / "ca.crt"))
+    context = client_context(dev_dir / "ca.crt")
     assert context.check_hostname
     assert context.verify_mode == ssl.CERT_REQUIRED
-    reply, peer = _talk(tls_server.port, context, server_hostname)
+    reply, peer = tls_talk(tls_server.port, context, server_hostname)
     assert reply == b"ok"
     assert ("DNS", "localhost") in peer["subjectAltName"]  # type: ignore[operator]
     assert ("IP Address", "127.0.0.1") in peer["subjectAltName"]  # type: ignore[operator]
 
 
-def test_tls_handshake_strict_verification(tls_server: _TLSServer, dev_dir: Path) -> None:
+def test_tls_handshake_strict_verification(tls_server: TLSEchoServer, dev_dir: Path) -> None:
     """The chain also satisfies OpenSSL's strict RFC 5280 checks (as Go's verifier needs)."""
-    context = ssl.create_default_context(cafile=str(dev_dir / "ca.crt"))
+    context = client_context(dev_dir / "ca.crt")
     context.verify_flags |= ssl.VERIFY_X509_STRICT
-    reply, _ = _talk(tls_server.port, context, "localhost")
+    reply, _ = tls_talk(tls_server.port, context, "localhost")
     assert reply == b"ok"
 
 
-def test_tls_handshake_rejects_other_ca(tls_server: _TLSServer, tmp_path: Path) -> None:
+def test_tls_handshake_rejects_other_ca(tls_server: TLSEchoServer, tmp_path: Path) -> None:
     other_ca, _ = generate_ca(common_name="someone-else")
     other = tmp_path / "other-ca.crt"
     other.write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
-    context = ssl.create_default_context(cafile=str(other))
+    context = client_context(other)
     with pytest.raises(ssl.SSLCertVerificationError):
-        _talk(tls_server.port, context, "localhost")
+        tls_talk(tls_server.port, context, "localhost")
 
 
-def test_tls_handshake_rejects_wrong_hostname(tls_server: _TLSServer, dev_dir: Path) -> None:
-    context = ssl.create_default_context(cafile=str(dev_dir / "ca.crt"))
+def test_tls_handshake_rejects_wrong_hostname(tls_server: TLSEchoServer, dev_dir: Path) -> None:
+    context = client_context(dev_dir / "ca.crt")
     with pytest.raises(ssl.SSLCertVerificationError):
-        _talk(tls_server.port, context, "meshgate.example.com")
+        tls_talk(tls_server.port, context, "meshgate.example.com")

@@ -7,12 +7,8 @@ import base64
 import datetime
 import ipaddress
 import os
-import socket
 import ssl
 import stat
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers import TLSEchoServer, client_context, run_meshgate, tls_talk
 
 from webhook.certs import ensure_dev_certs, generate_ca, generate_serving_cert, write_cert_dir
 from webhook.cli import main
@@ -31,7 +28,6 @@ SVC, NS = "meshgate", "meshgate-system"
 SERVICE_NAMES = [SVC, f"{SVC}.{NS}", f"{SVC}.{NS}.svc", f"{SVC}.{NS}.svc.cluster.local"]
 FILES = ["ca.crt", "tls.crt", "tls.key"]
 DAY = 86400.0
-SCRIPT = Path(sys.executable).parent / "meshgate"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -96,11 +92,7 @@ def test_generate_stdout_is_exactly_the_ca_bundle(
 
 def test_generate_stdout_in_a_real_process(tmp_path: Path) -> None:
     """As `CA_BUNDLE=$(meshgate certs generate ...)` sees it: no log line on stdout."""
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "webhook"]
-    proc = subprocess.run(
-        [*command, "certs", "generate", "--out", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    proc = run_meshgate("certs", "generate", "--out", str(tmp_path / "c"))
     assert proc.returncode == 0, proc.stderr
     bundle = base64.b64encode((tmp_path / "c" / "ca.crt").read_bytes()).decode()
     assert proc.stdout == bundle + "\n"
@@ -211,63 +203,17 @@ def test_generate_rejects_bad_input(
 # a real TLS handshake, as the API server makes it
 
 
-class TLSServer:
-    """A TLS server on 127.0.0.1 (ephemeral port) answering b"ok"; stops itself."""
-
-    def __init__(self, cert_dir: Path) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-
-    def serve(self) -> None:
-        deadline = 60.0
-        with self.sock:
-            while not self.stop.is_set() and deadline > 0:
-                try:
-                    conn, _ = self.sock.accept()
-                except TimeoutError:
-                    deadline -= 0.2
-                    continue
-                conn.settimeout(5)
-                try:
-                    with self.context.wrap_socket(conn, server_side=True) as tls:
-                        tls.recv(16)
-                        tls.sendall(b"ok")
-                except (ssl.SSLError, OSError):
-                    pass  # the client refused the certificate
-                finally:
-                    conn.close()
-
-    def __enter__(self) -> TLSServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture()
 def tls_port(good_dir: Path) -> Iterator[int]:
-    with TLSServer(good_dir) as server:
+    with TLSEchoServer(good_dir / "tls.crt", good_dir / "tls.key", idle_timeout=60.0) as server:
         yield server.port
 
 
 def talk(port: int, cafile: Path, server_hostname: str, strict: bool = False) -> bytes:
-    context = ssl.create_default_context(cafile=str(cafile))
+    context = client_context(cafile)
     if strict:
         context.verify_flags |= ssl.VERIFY_X509_STRICT
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=server_hostname) as tls,
-    ):
-        tls.sendall(b"hi")
-        return tls.recv(16)
+    return tls_talk(port, context, server_hostname)[0]
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,8 @@ import json
 import os
 import re
 import socket
-import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,16 @@ import httpx
 import jsonpatch
 import pytest
 import yaml
+from helpers import (
+    SCRIPT,
+    admission_review,
+    client_context,
+    free_port,
+    meshgate_command,
+    run_meshgate,
+    stop_process,
+    wait_for,
+)
 
 from webhook.cli import main
 from webhook.policy import default_policy
@@ -32,12 +40,6 @@ BOOKINFO_DEPLOYMENTS = [
     "details-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3", "productpage-v1",
 ]  # fmt: skip
 ENABLED = "istio-injection=enabled"
-SCRIPT = Path(sys.executable).parent / "meshgate"
-
-
-def meshgate_command() -> list[str]:
-    """The installed console script, or `python -m webhook` when there is none."""
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "webhook"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -280,10 +282,7 @@ def test_explain_bad_namespace_labels_exit_2(capsys: pytest.CaptureFixture[str])
 
 
 def test_console_script_explain_json() -> None:
-    result = subprocess.run(
-        [*meshgate_command(), "explain", str(BOOKINFO), "-o", "json", "--namespace-labels",
-         ENABLED], capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_meshgate("explain", str(BOOKINFO), "-o", "json", "--namespace-labels", ENABLED)
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     results = deployment_results(output)
@@ -309,8 +308,7 @@ def test_python_dash_m_webhook_help() -> None:
 
 @functools.cache
 def _serve_help() -> str:
-    result = subprocess.run([*meshgate_command(), "serve", "--help"], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    result = run_meshgate("serve", "--help")
     assert result.returncode == 0
     return result.stdout
 
@@ -330,14 +328,8 @@ def test_serve_has_the_spec_flags(flag: str) -> None:
 # serve
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _isolated_env(tmp_path: Path) -> dict[str, str]:
+    """This environment with $KUBECONFIG naming a kubeconfig without any cluster."""
     env = dict(os.environ)
     # --dev never contacts a cluster, whatever KUBECONFIG says.
     bogus = tmp_path / "kubeconfig"
@@ -347,51 +339,48 @@ def _isolated_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            return process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.communicate(timeout=30)
+def _serve_dev(tmp_path: Path, port: int, cert_dir: Path,
+               *args: str) -> subprocess.Popen[str]:  # fmt: skip
+    """`meshgate serve --dev` without a drain, its stdout and stderr piped."""
+    return subprocess.Popen(
+        [*meshgate_command(), "serve", "--dev", "--port", str(port), "--cert-dir",
+         str(cert_dir), *args, "--drain-seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_isolated_env(tmp_path),
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+def _wait_until_listening(process: subprocess.Popen[str], port: int) -> None:
+    """Until `process` accepts connections on 127.0.0.1:`port`; fails if it exits first."""
+
+    def listening() -> bool:
+        assert process.poll() is None, "meshgate serve --dev exited early"
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        return False
+
+    wait_for(listening, "meshgate serve --dev to listen", timeout=30, interval=0.1)
 
 
 def test_serve_dev_generates_certs_and_injects(tmp_path: Path) -> None:
     cert_dir = tmp_path / "certs"
     namespaces = write_namespaces(tmp_path / "ns.yaml", {"shop": {"istio-injection": "enabled"}})
-    port = _free_port()
-    process = subprocess.Popen(
-        [*meshgate_command(), "serve", "--dev", "--port", str(port), "--cert-dir",
-         str(cert_dir), "--namespaces-file", str(namespaces), "--drain-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_isolated_env(tmp_path),
-        cwd=tmp_path,
-    )  # fmt: skip
+    port = free_port()
+    process = _serve_dev(tmp_path, port, cert_dir, "--namespaces-file", str(namespaces))
     stderr = ""
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "meshgate serve --dev exited early"
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert time.monotonic() < deadline, "meshgate serve --dev did not listen"
-            time.sleep(0.1)
+        _wait_until_listening(process, port)
         for name in ("ca.crt", "tls.crt", "tls.key"):
             assert (cert_dir / name).is_file(), name
-        trust = ssl.create_default_context(cafile=str(cert_dir / "ca.crt"))
+        trust = client_context(cert_dir / "ca.crt")
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "cart"},
             "spec": {"containers": [{"name": "cart", "image": "example.com/cart:1"}]},
         }
-        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": {"uid": "dev-uid-1", "operation": "CREATE", "namespace": "shop",
-                            "name": "cart",
-                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                            "resource": {"group": "", "version": "v1", "resource": "pods"},
-                            "object": pod}}  # fmt: skip
+        body = admission_review(pod, uid="dev-uid-1", namespace="shop")
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust,
                           timeout=10) as client:  # fmt: skip
             assert client.get("/healthz").status_code == 200
@@ -411,7 +400,7 @@ def test_serve_dev_generates_certs_and_injects(tmp_path: Path) -> None:
             body["request"]["namespace"] = "elsewhere"
             assert "patch" not in client.post("/mutate", json=body).json()["response"]
     finally:
-        _, stderr = _stop(process)
+        _, stderr = stop_process(process, timeout=30, kill_timeout=30)
     # Listening on 127.0.0.1 only with --dev, and one JSON log line per request (SPEC 6).
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     logged = [entry for entry in lines if entry.get("uid") == "dev-uid-1"]
@@ -423,22 +412,10 @@ def test_serve_dev_generates_certs_and_injects(tmp_path: Path) -> None:
 
 def test_serve_dev_listens_on_loopback_only(tmp_path: Path) -> None:
     """--dev defaults to 127.0.0.1: the throwaway CA must never serve the network."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [*meshgate_command(), "serve", "--dev", "--port", str(port), "--cert-dir",
-         str(tmp_path / "certs"), "--drain-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_isolated_env(tmp_path),
-        cwd=tmp_path,
-    )  # fmt: skip
+    port = free_port()
+    process = _serve_dev(tmp_path, port, tmp_path / "certs")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _wait_until_listening(process, port)
         listening = Path("/proc/net/tcp")
         if not listening.exists():
             pytest.skip("no /proc/net/tcp to inspect")
@@ -447,16 +424,14 @@ def test_serve_dev_listens_on_loopback_only(tmp_path: Path) -> None:
         ours = [addr for addr in local if int(addr.split(":")[1], 16) == port]
         assert ours == ["0100007F:" + f"{port:04X}"], ours
     finally:
-        _stop(process)
+        stop_process(process, timeout=30, kill_timeout=30)
 
 
 def test_serve_without_certs_and_without_dev_exits_2(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run(
-        [*meshgate_command(), "serve", "--cert-dir", str(empty), "--port", str(_free_port())],
-        capture_output=True, text=True, timeout=60, check=False, env=_isolated_env(tmp_path),
-    )  # fmt: skip
+    result = run_meshgate("serve", "--cert-dir", str(empty), "--port", str(free_port()),
+                          env=_isolated_env(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "tls.crt" in result.stderr or "tls.key" in result.stderr
     assert "--dev" in result.stderr
@@ -467,11 +442,8 @@ def test_serve_without_certs_and_without_dev_exits_2(tmp_path: Path) -> None:
 def test_serve_without_cert_dir_and_without_dev_exits_2(tmp_path: Path) -> None:
     if Path("/etc/meshgate/tls/tls.crt").exists():
         pytest.skip("this machine has cluster certificates in the default directory")
-    result = subprocess.run(
-        [*meshgate_command(), "serve", "--port", str(_free_port())],
-        capture_output=True, text=True, timeout=60, check=False, env=_isolated_env(tmp_path),
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = run_meshgate("serve", "--port", str(free_port()), env=_isolated_env(tmp_path),
+                          cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import json
 import logging
 import statistics
@@ -23,12 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import httpx
 import jsonpatch
 import kubernetes
 import orjson
 import pytest
 from fakeapi import FakeAPIServer
+from helpers import admission_review
 
 from webhook import cluster, kube, multus, watch
 from webhook.admission import Context, admit, parse_review
@@ -60,14 +63,8 @@ GET_GIVE_UP_SECONDS: list[float] = []
 # waiting, threads
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 3.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.005)
+# Waits here give up after 3 s unless told otherwise, and poll every 5 ms.
+wait_for = functools.partial(helpers.wait_for, timeout=3.0, interval=0.005)
 
 
 def watch_threads() -> list[str]:
@@ -205,11 +202,7 @@ NET_ADMIN = pod(container("app", "NET_ADMIN"), name="debug")
 
 
 def review(obj: dict[str, Any], namespace: str, uid: str = "uid-1") -> dict[str, Any]:
-    kind = {"group": "", "version": "v1", "kind": "Pod"}
-    request = {"uid": uid, "kind": kind, "operation": "CREATE", "namespace": namespace,
-               "name": obj["metadata"]["name"], "object": obj,
-               "resource": {"group": "", "version": "v1", "resource": "pods"}}  # fmt: skip
-    return {"apiVersion": ADMISSION, "kind": "AdmissionReview", "request": request}
+    return admission_review(obj, uid=uid, namespace=namespace)
 
 
 def checked(obj: dict[str, Any], body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,16 +7,10 @@ policy comes from"), and without any cluster configuration it either refuses to 
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
-import os
-import socket
-import ssl
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +19,20 @@ import jsonpatch
 import pytest
 import yaml
 from fakeapi import FakeAPIServer
+from helpers import (
+    ServeProcess,
+    admission_review,
+    client_context,
+    free_port,
+    isolated_env,
+    make_cert_dir,
+    run_meshgate,
+)
 
 from webhook import certs
 from webhook.sources import parse_policy_text
 
 OWN = "meshgate-system"
-SCRIPT = Path(sys.executable).parent / "meshgate"
-ADMISSION = "admission.k8s.io/v1"
 POD = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -40,35 +41,9 @@ POD = {
 }
 
 
-def meshgate_command() -> list[str]:
-    """The installed console script, or `python -m webhook` when there is none."""
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "webhook"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def isolated_env(tmp_path: Path) -> dict[str, str]:
-    """No cluster configuration from this machine: no $KUBECONFIG, an empty HOME, no
-    in-cluster service variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}  # fmt: skip
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env["HOME"] = str(home)
-    return env
-
-
 @pytest.fixture
 def cert_dir(tmp_path: Path) -> Path:
-    ca_cert, ca_key = certs.generate_ca(common_name="meshgate-serve-test-ca")
-    cert, key = certs.generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
-    certs.write_cert_dir(tmp_path / "tls", ca_cert, cert, key)
-    return tmp_path / "tls"
+    return make_cert_dir(tmp_path / "tls", "meshgate-serve-test-ca")
 
 
 def policy_configmap(text: str) -> dict[str, Any]:
@@ -76,67 +51,27 @@ def policy_configmap(text: str) -> dict[str, Any]:
             "data": {"policy.yaml": text}}  # fmt: skip
 
 
-def admission_review(namespace: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": ADMISSION, "kind": "AdmissionReview",
-            "request": {"uid": uid, "operation": "CREATE", "namespace": namespace,
-                        "name": "cart", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "object": POD}}  # fmt: skip
+def review(namespace: str, uid: str) -> dict[str, Any]:
+    return admission_review(POD, uid=uid, namespace=namespace)
 
 
-class Served:
-    """A `meshgate serve` process, its HTTPS client, and its log (stderr) file."""
+class Served(ServeProcess):
+    """A `meshgate serve` process, its log file, and an HTTPS client trusting its CA."""
 
     def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path,
                  cert_dir: Path) -> None:  # fmt: skip
-        self.port = free_port()
-        self.log = tmp_path / "meshgate.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [*meshgate_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--cert-dir", str(cert_dir), "--drain-seconds", "0", *args],  # drain: test_shutdown
-            stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-        trust = ssl.create_default_context(cafile=str(cert_dir / certs.CA_CERT_FILE))
-        self.client = httpx.Client(base_url=f"https://127.0.0.1:{self.port}", verify=trust,
-                                   timeout=5)  # fmt: skip
-
-    def wait(self, condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"meshgate exited early:\n{self.output()}"
-            with contextlib.suppress(httpx.TransportError):
-                value = condition()
-                if value:
-                    return value
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.output()}"
-            time.sleep(0.05)
+        super().__init__(args, env, tmp_path, cert_dir)
+        trust = client_context(cert_dir / certs.CA_CERT_FILE)
+        self.client = httpx.Client(base_url=self.url, verify=trust, timeout=5)
 
     def readyz(self) -> dict[str, Any] | None:
         response = self.client.get("/readyz")
         body: dict[str, Any] = response.json()
         return body if response.status_code == 200 else None
 
-    def stop(self) -> int | None:
-        """SIGTERM; the exit code, or None when it had to be killed."""
+    def stop(self, timeout: float = 10.0, kill_timeout: float = 10.0) -> int | None:
         self.client.close()
-        code: int | None = None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                code = self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        else:
-            code = self.process.returncode
-        self._log_file.close()
-        return code
-
-    def output(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text()
+        return super().stop(timeout, kill_timeout)
 
 
 @pytest.fixture
@@ -160,7 +95,7 @@ def test_serve_follows_the_cluster(api: FakeAPIServer, tmp_path: Path, cert_dir:
         assert status["policy"] == first_version
         assert f"ConfigMap {OWN}/meshgate-policy" in status["policySource"]
 
-        response = served.client.post("/mutate", json=admission_review("shop", "serve-1"))
+        response = served.client.post("/mutate", json=review("shop", "serve-1"))
         assert response.status_code == 200
         answer = response.json()["response"]
         assert answer["uid"] == "serve-1" and answer["allowed"] is True
@@ -176,7 +111,7 @@ def test_serve_follows_the_cluster(api: FakeAPIServer, tmp_path: Path, cert_dir:
         served.wait(lambda: (served.readyz() or {}).get("policy") == second_version,
                     "the new policy", timeout=5)  # fmt: skip
         assert time.monotonic() - started < 2.0  # SPEC 3, seen from outside
-        answer = served.client.post("/mutate", json=admission_review("shop", "serve-2")).json()
+        answer = served.client.post("/mutate", json=review("shop", "serve-2")).json()
         pod = jsonpatch.apply_patch(
             copy.deepcopy(POD), json.loads(base64.b64decode(answer["response"]["patch"]))
         )
@@ -218,11 +153,9 @@ def test_serve_without_cluster_config_or_files_exits_2(
     if kubeconfig == "empty":
         path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [],
                                         "contexts": [], "users": []}))  # fmt: skip
-    result = subprocess.run(
-        [*meshgate_command(), "serve", "--kubeconfig", str(path), "--cert-dir", str(cert_dir),
-         "--host", "127.0.0.1", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, check=False, env=isolated_env(tmp_path),
-    )  # fmt: skip
+    result = run_meshgate("serve", "--kubeconfig", str(path), "--cert-dir", str(cert_dir),
+                          "--host", "127.0.0.1", "--port", str(free_port()),
+                          env=isolated_env(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("meshgate: no cluster configuration")
@@ -246,7 +179,7 @@ def test_serve_offline_from_files_without_cluster_config(tmp_path: Path, cert_di
         status = served.wait(served.readyz, "/readyz 200")
         assert status["policy"] == parse_policy_text("gate: {action: warn}").version
         assert status["policySource"] == f"file {policy}"
-        answer = served.client.post("/mutate", json=admission_review("shop", "off-1")).json()
+        answer = served.client.post("/mutate", json=review("shop", "off-1")).json()
         ops = json.loads(base64.b64decode(answer["response"]["patch"]))
         pod = jsonpatch.apply_patch(copy.deepcopy(POD), ops)
         assert [c["name"] for c in pod["spec"]["containers"]] == ["cart", "istio-proxy"]

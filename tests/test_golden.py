@@ -26,6 +26,7 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
+from helpers import admission_request
 
 from webhook.admission import Context, admit
 from webhook.policy import Policy, compile_policy, default_policy
@@ -85,15 +86,7 @@ def mutate(pod: dict[str, Any], case: dict[str, Any], uid: str) -> dict[str, Any
     labels = case["labels"] or {}
     namespace = case["namespace"]
     ctx = Context(policy_of(case), lambda n: labels if n == namespace else None, OWN_NAMESPACE)
-    request = {
-        "uid": uid,
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "operation": "CREATE",
-        "namespace": namespace,
-        "name": (pod.get("metadata") or {}).get("name") or "",
-        "object": pod,
-    }
+    request = admission_request(pod, uid=uid, namespace=namespace)
     response: dict[str, Any] = admit(request, "mutate", ctx).review["response"]
     assert response["uid"] == uid
     return response

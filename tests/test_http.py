@@ -8,13 +8,11 @@ policy itself (versions, cipher suites, the chain) is tested in test_tls.py.
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import json
 import logging
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import httpx
 import jsonpatch
 import orjson
 import pytest
+from helpers import ServerThread, admission_review, client_context, make_cert_dir, read_response
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
@@ -31,7 +30,6 @@ from webhook.admission import Context
 from webhook.app import Runtime, create_app
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import compile_policy, default_policy
-from webhook.server import make_server
 
 OWN_NAMESPACE = "meshgate-system"
 NAMESPACES = StaticNamespaces({"mesh": {"istio-injection": "enabled"}, "optin": {}})
@@ -42,66 +40,22 @@ SMALL_BODY = 4096
 # certificates, servers, clients
 
 
-def _write_certs(directory: Path) -> Path:
-    ca_cert, ca_key = certs.generate_ca(common_name="meshgate-test-ca")
-    cert, key = certs.generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
-    certs.write_cert_dir(directory, ca_cert, cert, key)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_certs(tmp_path_factory.mktemp("tls"))
+    return make_cert_dir(tmp_path_factory.mktemp("tls"), "meshgate-test-ca")
 
 
-def client_context(ca_file: Path, *, minimum: ssl.TLSVersion | None = None,
-                   maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:  # fmt: skip
-    context = ssl.create_default_context(cafile=str(ca_file))
-    if minimum is not None:
-        context.minimum_version = minimum
-    if maximum is not None:
-        context.maximum_version = maximum
-    return context
-
-
-class Served:
-    """One app served over TLS in a background thread."""
+class Served(ServerThread):
+    """One app served over TLS in a background thread (a `with` block stops it)."""
 
     def __init__(self, app: Any, cert_dir: Path) -> None:
-        self.cert_dir = cert_dir
-        self.server = make_server(app, "127.0.0.1", 0, cert_dir)
-        self.thread = threading.Thread(target=self.server.run, name="meshgate-test", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        self.port: int = self.server.servers[0].sockets[0].getsockname()[1]
+        super().__init__(app, cert_dir, name="meshgate-test")
         with socket.create_connection(("127.0.0.1", self.port), timeout=5):
             pass  # it accepts connections
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
 
     def client(self, **kw: Any) -> httpx.Client:
         verify = kw.pop("verify", None) or client_context(self.cert_dir / certs.CA_CERT_FILE)
         return httpx.Client(base_url=self.url, verify=verify, timeout=10, **kw)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        assert not self.thread.is_alive(), "the test server did not stop"
-
-
-@contextlib.contextmanager
-def serving(app: Any, cert_dir: Path) -> Iterator[Served]:
-    served = Served(app, cert_dir)
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 def ready_runtime(lookup: Callable[[str], Any] = NAMESPACES) -> Runtime:
@@ -112,7 +66,7 @@ def ready_runtime(lookup: Callable[[str], Any] = NAMESPACES) -> Runtime:
 
 @pytest.fixture(scope="module")
 def main_server(cert_dir: Path) -> Iterator[Served]:
-    with serving(create_app(ready_runtime()), cert_dir) as served:
+    with Served(create_app(ready_runtime()), cert_dir) as served:
         yield served
 
 
@@ -124,7 +78,7 @@ def client(main_server: Served) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def small_server(cert_dir: Path) -> Iterator[Served]:
-    with serving(create_app(ready_runtime(), max_body=SMALL_BODY), cert_dir) as served:
+    with Served(create_app(ready_runtime(), max_body=SMALL_BODY), cert_dir) as served:
         yield served
 
 
@@ -143,20 +97,8 @@ def pod(*caps: str, name: str = "web") -> dict[str, Any]:
 
 def review(obj: Any, *, uid: str = "uid-1", namespace: str = "mesh", kind: str = "Pod",
            group: str = "", operation: str = "CREATE") -> dict[str, Any]:  # fmt: skip
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": group, "version": "v1", "kind": kind},
-            "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
-            "operation": operation,
-            "namespace": namespace,
-            "name": "web",
-            "object": obj,
-            "dryRun": False,
-        },
-    }
+    return admission_review(obj, uid=uid, namespace=namespace, kind=kind, group=group,
+                            operation=operation, name="web", dry_run=False)  # fmt: skip
 
 
 JSON = {"content-type": "application/json"}
@@ -203,7 +145,7 @@ def test_readyz_shows_the_policy_version(client: httpx.Client) -> None:
 
 
 def test_not_ready_without_a_policy(cert_dir: Path) -> None:
-    with serving(create_app(Runtime()), cert_dir) as served, served.client() as c:
+    with Served(create_app(Runtime()), cert_dir) as served, served.client() as c:
         assert c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200  # alive, just not ready
         for path in ("/mutate", "/validate"):
@@ -410,7 +352,7 @@ def test_malformed_http_is_a_4xx(main_server: Served, client: httpx.Client, raw:
     tls = _raw_tls(main_server)
     try:
         tls.sendall(raw)
-        status, _ = _read_response(tls)
+        status, _ = read_response(tls)
     finally:
         tls.close()
     assert 400 <= status < 500
@@ -436,17 +378,6 @@ def _start_slow_request(served: Served, body: bytes, path: str = "/mutate") -> s
     return tls
 
 
-def _read_response(tls: ssl.SSLSocket) -> tuple[int, bytes]:
-    data = b""
-    while True:
-        chunk = tls.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
 def _metric(c: httpx.Client, name: str) -> float:
     for family in text_string_to_metric_families(c.get("/metrics").text):
         for sample in family.samples:
@@ -458,7 +389,7 @@ def _metric(c: httpx.Client, name: str) -> float:
 def test_overload_answers_503_while_a_request_is_in_flight(cert_dir: Path) -> None:
     app = create_app(ready_runtime(), max_in_flight=1, body_timeout=60)
     body = orjson.dumps(review(pod(), uid="slow"))
-    with serving(app, cert_dir) as served, served.client() as c:
+    with Served(app, cert_dir) as served, served.client() as c:
         slow = _start_slow_request(served, body)
         try:
             deadline = time.monotonic() + 10
@@ -471,7 +402,7 @@ def test_overload_answers_503_while_a_request_is_in_flight(cert_dir: Path) -> No
             assert "overload" in text.lower()
             assert c.get("/healthz").status_code == 200
             slow.sendall(body[len(body) // 2 :])
-            status, answer = _read_response(slow)
+            status, answer = read_response(slow)
         finally:
             slow.close()
         assert status == 200
@@ -483,11 +414,11 @@ def test_overload_answers_503_while_a_request_is_in_flight(cert_dir: Path) -> No
 def test_a_stalled_body_times_out_with_408_and_frees_its_slot(cert_dir: Path) -> None:
     app = create_app(ready_runtime(), max_in_flight=1, body_timeout=0.5)
     body = orjson.dumps(review(pod(), uid="stalled"))
-    with serving(app, cert_dir) as served, served.client() as c:
+    with Served(app, cert_dir) as served, served.client() as c:
         slow = _start_slow_request(served, body)
         try:
             started = time.monotonic()
-            status, answer = _read_response(slow)
+            status, answer = read_response(slow)
             assert time.monotonic() - started < 8
         finally:
             slow.close()
@@ -500,7 +431,7 @@ def test_a_stalled_body_times_out_with_408_and_frees_its_slot(cert_dir: Path) ->
 def test_client_gone_mid_body_frees_its_slot_and_is_no_internal_error(cert_dir: Path) -> None:
     app = create_app(ready_runtime(), max_in_flight=1)
     body = orjson.dumps(review(pod(), uid="gone"))
-    with serving(app, cert_dir) as served, served.client() as c:
+    with Served(app, cert_dir) as served, served.client() as c:
         before = _metric(c, "meshgate_internal_errors_total")
         for _ in range(3):
             slow = _start_slow_request(served, body)
@@ -524,7 +455,7 @@ def test_internal_error_is_500_logged_and_counted_with_the_uid(
 
     app = create_app(ready_runtime(broken_lookup))
     caplog.set_level(logging.ERROR)
-    with serving(app, cert_dir) as served, served.client() as c:
+    with Served(app, cert_dir) as served, served.client() as c:
         before = _metric(c, "meshgate_internal_errors_total")
         for path in ("/mutate", "/validate"):
             text = check_error(post(c, path, review(pod(), uid=f"boom{path}")), 500, f"boom{path}")
@@ -542,7 +473,7 @@ def test_warn_policy_over_http_warns(cert_dir: Path) -> None:
     runtime = Runtime()
     runtime.install(Context(compile_policy({"gate": {"action": "warn"}}), NAMESPACES,
                             OWN_NAMESPACE), "test")  # fmt: skip
-    with serving(create_app(runtime), cert_dir) as served, served.client() as c:
+    with Served(create_app(runtime), cert_dir) as served, served.client() as c:
         answer = post(c, "/validate", review(pod("NET_ADMIN"))).json()["response"]
         assert answer["allowed"] is True
         assert len(answer["warnings"]) == 1

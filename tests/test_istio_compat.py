@@ -33,6 +33,7 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
+from helpers import admission_request
 
 from webhook.admission import Context, Outcome, admit
 from webhook.policy import compile_policy
@@ -141,15 +142,7 @@ def run(case: Case, policy: dict[str, Any] | None = None, endpoint: str = "mutat
     ctx = Context(compile_policy(case.policy if policy is None else policy),
                   lambda n: labels if n == NAMESPACE else None, OWN_NAMESPACE)  # fmt: skip
     obj = input_pod(case) if pod is None else pod
-    request = {
-        "uid": f"compat-{case.reference}",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "operation": "CREATE",
-        "namespace": NAMESPACE,
-        "name": (obj.get("metadata") or {}).get("name") or "",
-        "object": obj,
-    }
+    request = admission_request(obj, uid=f"compat-{case.reference}", namespace=NAMESPACE)
     return admit(request, endpoint, ctx)
 
 

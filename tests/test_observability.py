@@ -13,8 +13,6 @@ import copy
 import io
 import json
 import logging
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ import orjson
 import pytest
 import yaml
 from cryptography import x509
+from helpers import ServerThread, admission_review, client_context, make_cert_dir
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
@@ -35,7 +34,6 @@ from webhook.logs import JSONFormatter
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
-from webhook.server import make_server
 
 NAMESPACES = StaticNamespaces({"mesh": {"istio-injection": "enabled"}, "plain": {}})
 
@@ -57,11 +55,7 @@ SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
 
 @pytest.fixture(scope="module")
 def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tls")
-    ca_cert, ca_key = certs.generate_ca(common_name="meshgate-observability-ca")
-    cert, key = certs.generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
-    certs.write_cert_dir(directory, ca_cert, cert, key)
-    return directory
+    return make_cert_dir(tmp_path_factory.mktemp("tls"), "meshgate-observability-ca")
 
 
 def ready_runtime(lookup: Callable[[str], Any] = NAMESPACES) -> Runtime:
@@ -72,23 +66,11 @@ def ready_runtime(lookup: Callable[[str], Any] = NAMESPACES) -> Runtime:
 
 @contextlib.contextmanager
 def serving(runtime: Runtime, cert_dir: Path) -> Iterator[httpx.Client]:
-    server = make_server(create_app(runtime), "127.0.0.1", 0, cert_dir, runtime=runtime)
-    thread = threading.Thread(target=server.run, name="meshgate-observability", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        trust = ssl.create_default_context(cafile=str(cert_dir / certs.CA_CERT_FILE))
-        with httpx.Client(base_url=f"https://127.0.0.1:{port}", timeout=10,
-                          verify=trust) as client:  # fmt: skip
+    with ServerThread(create_app(runtime), cert_dir, name="meshgate-observability",
+                      runtime=runtime) as served:  # fmt: skip
+        trust = client_context(cert_dir / certs.CA_CERT_FILE)
+        with httpx.Client(base_url=served.url, timeout=10, verify=trust) as client:
             yield client
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -116,22 +98,8 @@ def post(client: httpx.Client, path: str, body: Any) -> httpx.Response:
     return client.post(path, content=content, headers={"content-type": "application/json"})
 
 
-def review(obj: Any, *, uid: str, namespace: str = "mesh", kind: str = "Pod", group: str = "",
-           operation: str = "CREATE", sub_resource: str | None = None,
-           old: Any = None) -> dict[str, Any]:  # fmt: skip
-    request: dict[str, Any] = {
-        "uid": uid,
-        "kind": {"group": group, "version": "v1", "kind": kind},
-        "resource": {"group": group, "version": "v1", "resource": kind.lower() + "s"},
-        "operation": operation, "namespace": namespace,
-        "name": (obj.get("metadata") or {}).get("name", "") if isinstance(obj, dict) else "",
-        "object": obj,
-    }  # fmt: skip
-    if sub_resource:
-        request["subResource"] = sub_resource
-    if old is not None:
-        request["oldObject"] = old
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+def review(obj: Any, *, uid: str, namespace: str = "mesh", **request: Any) -> dict[str, Any]:
+    return admission_review(obj, uid=uid, namespace=namespace, **request)
 
 
 def pod(*caps: str, name: str = "web", containers: int = 1) -> dict[str, Any]:

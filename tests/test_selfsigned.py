@@ -12,17 +12,13 @@ server calls, `meshgate.meshgate-system.svc`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import json
 import logging
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +29,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from fakeapi import FakeAPIServer
+from helpers import (
+    ServeProcess,
+    ServerThread,
+    client_context,
+    free_port,
+    isolated_env,
+    run_meshgate,
+    wait_for,
+)
 
 from webhook import certs, kube, selfsigned
 from webhook.app import create_app
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
-from webhook.server import make_server
 
 OWN = "meshgate-system"
 SECRET = "meshgate-tls"
@@ -51,7 +55,6 @@ MUTATING, VALIDATING = "mutatingwebhookconfigurations", "validatingwebhookconfig
 KINDS = {MUTATING: "MutatingWebhookConfiguration", VALIDATING: "ValidatingWebhookConfiguration"}
 HOOKS = {MUTATING: ["inject.meshgate.io"],
          VALIDATING: ["pods.meshgate.io", "workloads.meshgate.io"]}  # fmt: skip
-SCRIPT = Path(sys.executable).parent / "meshgate"
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,16 +94,6 @@ def keeper(api_client: Any, cert_dir: Path, **options: Any) -> selfsigned.SelfSi
 
 def ensure(api_client: Any, cert_dir: Path) -> selfsigned.Synced:
     return selfsigned.ensure_serving_certificate(api_client, OWN, SECRET, NAME, NAME, cert_dir)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.01)
 
 
 def webhook_configuration(resource: str) -> dict[str, Any]:
@@ -518,13 +511,8 @@ def test_the_served_certificate_verifies_against_the_ca_bundle(
     assert bundle == result.ca_bundle
     runtime = Runtime(own_namespace=OWN)
     runtime.set_policy(default_policy(), "test")
-    server = make_server(create_app(runtime), "127.0.0.1", 0, cert_dir)
-    thread = threading.Thread(target=server.run, name="meshgate-selfsigned-test", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), "the server", timeout=15)
-        assert thread.is_alive()
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with ServerThread(create_app(runtime), cert_dir, name="meshgate-selfsigned-test") as served:
+        port = served.port
         cert, answer = handshake(port, bundle)
         assert cert.public_bytes(serialization.Encoding.PEM) == (cert_dir / "tls.crt").read_bytes()
         assert answer.startswith(b"HTTP/1.1 200")
@@ -540,74 +528,31 @@ def test_the_served_certificate_verifies_against_the_ca_bundle(
         assert new_pem != cert.public_bytes(serialization.Encoding.PEM)
         wait_for(lambda: handshake(port, bundle)[0].public_bytes(serialization.Encoding.PEM)
                  == new_pem, "the renewed certificate to be served", timeout=10)  # fmt: skip
-    finally:
-        server.should_exit = True
-        thread.join(15)
-    assert not thread.is_alive()
 
 
 # ---------------------------------------------------------------------------------------
 # `meshgate serve --self-signed-secret` as a process
 
 
-def meshgate_command() -> list[str]:
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "webhook"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def isolated_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k != "KUBECONFIG" and not k.startswith("KUBERNETES_")}  # fmt: skip
-    (tmp_path / "home").mkdir(exist_ok=True)
-    env["HOME"] = str(tmp_path / "home")
-    return env
-
-
 def test_serve_with_self_signed_secret(api: FakeAPIServer, kubeconfig: Path,
                                        tmp_path: Path) -> None:  # fmt: skip
     install_configurations(api)
-    cert_dir, port = tmp_path / "served-tls", free_port()
-    log_path = tmp_path / "meshgate.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [*meshgate_command(), "serve", "--self-signed-secret", SECRET,
-             "--kubeconfig", str(kubeconfig), "--namespace", OWN, "--cert-dir", str(cert_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--drain-seconds", "0"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=isolated_env(tmp_path), cwd=tmp_path,
-        )  # fmt: skip
-        try:
-            secret = wait_for(lambda: api.get("secrets", OWN, SECRET) or process.poll() is not None,
-                              "the Secret", timeout=30)  # fmt: skip
-            assert process.poll() is None, log_path.read_text()
-            ca_file = tmp_path / "ca-from-secret.crt"
-            ca_file.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
-            trust = ssl.create_default_context(cafile=str(ca_file))
-            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust,
-                              timeout=5) as client:  # fmt: skip
-
-                def ready() -> bool:
-                    assert process.poll() is None, log_path.read_text()
-                    with contextlib.suppress(httpx.TransportError):
-                        response = client.get("/readyz", extensions={"sni_hostname": HOST})
-                        return response.status_code == 200
-                    return False
-
-                wait_for(ready, "/readyz 200 over TLS verified with the Secret's ca.crt", 30)
-            assert ca_bundles(api) == [secret["data"]["ca.crt"]] * 3
-        finally:
-            process.terminate()
-            try:
-                code = process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait(5)
-    output = log_path.read_text()
+    served = ServeProcess(["--self-signed-secret", SECRET, "--kubeconfig", str(kubeconfig),
+                           "--namespace", OWN], isolated_env(tmp_path), tmp_path,
+                          tmp_path / "served-tls")  # fmt: skip
+    try:
+        secret = served.wait(lambda: api.get("secrets", OWN, SECRET), "the Secret", timeout=30)
+        ca_file = tmp_path / "ca-from-secret.crt"
+        ca_file.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+        with httpx.Client(base_url=served.url, verify=client_context(ca_file),
+                          timeout=5) as client:  # fmt: skip
+            served.wait(lambda: client.get("/readyz", extensions={"sni_hostname": HOST})
+                        .status_code == 200,
+                        "/readyz 200 over TLS verified with the Secret's ca.crt", 30)  # fmt: skip
+        assert ca_bundles(api) == [secret["data"]["ca.crt"]] * 3
+    finally:
+        code = served.stop(timeout=15, kill_timeout=5)
+    output = served.output()
     assert code == 0, output
     assert "Traceback" not in output
     logged = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
@@ -616,11 +561,9 @@ def test_serve_with_self_signed_secret(api: FakeAPIServer, kubeconfig: Path,
 
 
 def test_serve_self_signed_secret_refuses_dev(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*meshgate_command(), "serve", "--dev", "--self-signed-secret", SECRET,
-         "--cert-dir", str(tmp_path / "tls"), "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, check=False, env=isolated_env(tmp_path),
-    )  # fmt: skip
+    result = run_meshgate("serve", "--dev", "--self-signed-secret", SECRET,
+                          "--cert-dir", str(tmp_path / "tls"), "--port", str(free_port()),
+                          env=isolated_env(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "--self-signed-secret" in result.stderr and "--dev" in result.stderr
 
@@ -629,12 +572,10 @@ def test_serve_self_signed_secret_forbidden_exits_2(api: FakeAPIServer, kubeconf
                                                     tmp_path: Path) -> None:  # fmt: skip
     api.fail_next("GET", SECRET_PATH, status=403, reason="Forbidden",
                   message=f'secrets "{SECRET}" is forbidden: no RBAC')  # fmt: skip
-    result = subprocess.run(
-        [*meshgate_command(), "serve", "--self-signed-secret", SECRET, "--kubeconfig",
-         str(kubeconfig), "--namespace", OWN, "--cert-dir", str(tmp_path / "tls"),
-         "--host", "127.0.0.1", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, check=False, env=isolated_env(tmp_path),
-    )  # fmt: skip
+    result = run_meshgate("serve", "--self-signed-secret", SECRET, "--kubeconfig",
+                          str(kubeconfig), "--namespace", OWN, "--cert-dir", str(tmp_path / "tls"),
+                          "--host", "127.0.0.1", "--port", str(free_port()),
+                          env=isolated_env(tmp_path))  # fmt: skip
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("meshgate: --self-signed-secret:")

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from helpers import admission_review, client_context, read_response, threads_running
 
 DRAIN = 2.0
 
@@ -31,13 +31,7 @@ DRAIN = 2.0
 def review(uid: str) -> bytes:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
            "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]}}
-    return orjson.dumps({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "operation": "CREATE", "namespace": "default", "name": "web",
-                    "object": pod},
-    })  # fmt: skip
+    return orjson.dumps(admission_review(pod, uid=uid, namespace="default"))
 
 
 def valid_answer(status: int, body: bytes, uid: str) -> bool:
@@ -64,7 +58,7 @@ class Meshgate:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.port = self._wait_for_port()
-        self.trust = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+        self.trust = client_context(self.cert_dir / "ca.crt")
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -176,14 +170,8 @@ class Traffic:
                    for i in range(2)]  # fmt: skip
         threads += [threading.Thread(target=self.fresh, args=(i,), daemon=True) for i in range(2)]
         threads.append(threading.Thread(target=self.readiness, daemon=True))
-        for thread in threads:
-            thread.start()
-        try:
+        with threads_running(threads, self.stop, join_timeout=20):
             yield self
-        finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(20)
 
 
 def slow_request(served: Meshgate, uid: str, chunks: int, pause: float,
@@ -202,11 +190,7 @@ def slow_request(served: Meshgate, uid: str, chunks: int, pause: float,
                 tls.sendall(body[i : i + size])
                 time.sleep(pause)
             result["body_sent"] = time.monotonic()
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-        head, _, payload = data.partition(b"\r\n\r\n")
-        result["status"] = int(head.split(b" ", 2)[1])
+            result["status"], payload = read_response(tls)
         result["ok"] = valid_answer(result["status"], payload, uid)
     except Exception as err:  # reported by the test
         result["error"] = f"{type(err).__name__}: {err}"

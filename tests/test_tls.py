@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers import ServerThread, make_cert_dir
 
 from webhook import certs
 from webhook.admission import Context
@@ -37,7 +38,7 @@ from webhook.app import create_app
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
-from webhook.server import ServingCertificate, make_server
+from webhook.server import ServingCertificate
 
 # ---------------------------------------------------------------------------------------
 # certificates
@@ -82,11 +83,9 @@ def _rsa_serving_cert(ca_cert: x509.Certificate, ca_key: object) -> tuple[bytes,
 
 
 def _write(directory: Path, kind: str) -> Path:
-    ca_cert, ca_key = certs.generate_ca(common_name=f"meshgate-tls-test-{kind}")
     if kind == "ecdsa":
-        cert, key = certs.generate_serving_cert(ca_cert, ca_key, ["localhost"], ["127.0.0.1"])
-        certs.write_cert_dir(directory, ca_cert, cert, key)
-        return directory
+        return make_cert_dir(directory, f"meshgate-tls-test-{kind}")
+    ca_cert, ca_key = certs.generate_ca(common_name=f"meshgate-tls-test-{kind}")
     directory.mkdir(parents=True)
     cert_pem, key_pem = _rsa_serving_cert(ca_cert, ca_key)
     (directory / certs.CA_CERT_FILE).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -114,19 +113,9 @@ class Listener:
 def _serving(cert_dir: Path, kind: str) -> Iterator[Listener]:
     runtime = Runtime()
     runtime.install(Context(default_policy(), StaticNamespaces({}), "meshgate-system"), "test")
-    server = make_server(create_app(runtime), "127.0.0.1", 0, cert_dir, runtime=runtime)
-    thread = threading.Thread(target=server.run, name=f"meshgate-tls-{kind}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield Listener(kind, cert_dir, server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        assert not thread.is_alive(), "the server did not stop"
+    with ServerThread(create_app(runtime), cert_dir, name=f"meshgate-tls-{kind}",
+                      runtime=runtime) as served:  # fmt: skip
+        yield Listener(kind, cert_dir, served.port)
 
 
 @pytest.fixture(scope="module", params=["ecdsa", "rsa"])

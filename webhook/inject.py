@@ -8,6 +8,7 @@ from the policy as JSON, decoded per request, so each request owns the objects i
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +45,8 @@ def _proxy(
     ports = [
         {k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
         for c in apps
-        for p in c.get("ports") or ()
+        if isinstance(c.get("ports"), list)  # anything else passes through untouched
+        for p in c["ports"]
         if isinstance(p, dict)
     ]
     derived = [
@@ -61,8 +63,8 @@ def _tproxy(proxy: dict[str, Any]) -> None:
     after the pod's own istio-proxy is merged in, as Istio's output shows: a capability
     added to a non-root process is not in its effective set, so the proxy could not
     open its transparent sockets."""
-    context = proxy.setdefault("securityContext", {})
-    caps = context.setdefault("capabilities", {})
+    context = proxy["securityContext"] = proxy.get("securityContext") or {}  # may be null
+    caps = context["capabilities"] = context.get("capabilities") or {}
     caps["add"] = list(dict.fromkeys([*(caps.get("add") or []), "NET_ADMIN"]))
     context.update(runAsUser=0, runAsNonRoot=False)
 
@@ -81,6 +83,19 @@ def _proxy_ids(
     if not isinstance(gid, int) or isinstance(gid, bool):
         gid = (template.get("securityContext") or {}).get("runAsGroup")
     return uid, gid
+
+
+@functools.lru_cache(maxsize=64)
+def _status(init_containers: tuple[str, ...], native: bool, volumes: tuple[str, ...]) -> str:
+    """Istio's sidecar.istio.io/status value (the same few strings over and over)."""
+    status = {
+        "initContainers": list(init_containers) or None,
+        "containers": None if native else [templates.PROXY],
+        "volumes": list(volumes) or None,
+        "imagePullSecrets": None,
+        "revision": "default",
+    }
+    return json.dumps(status, separators=(",", ":"))
 
 
 def _init_container(
@@ -176,7 +191,9 @@ def _containers(
         proxy = templates.merge(proxy, declared)
     if mode == "init" and traffic.interception_mode(annotations) == "TPROXY":
         _tproxy(proxy)
-    if not native:
+    if native:
+        proxy["restartPolicy"] = "Always"  # whatever the pod's own istio-proxy said
+    else:
         proxy.pop("restartPolicy", None)  # only init containers may carry one
 
     injected_inits: list[str] = []
@@ -202,17 +219,12 @@ def _containers(
         else:
             containers.append(proxy)
     present = {v.get("name") for v in old_volumes or ()}
-    added_volumes = [v for v in orjson.loads(policy.volumes_json) if v["name"] not in present]
+    template_volumes = orjson.loads(policy.volumes_json)
+    added_volumes = [v for v in template_volumes if v["name"] not in present]
     volumes = [*(old_volumes or []), *added_volumes]
 
-    status = {
-        "initContainers": injected_inits or None,
-        "containers": None if native else [templates.PROXY],
-        "volumes": [v["name"] for v in orjson.loads(policy.volumes_json)] or None,
-        "imagePullSecrets": None,
-        "revision": "default",
-    }
-    new_annotations[STATUS] = json.dumps(status, separators=(",", ":"))
+    volume_names = tuple(v["name"] for v in template_volumes)
+    new_annotations[STATUS] = _status(tuple(injected_inits), native, volume_names)
     new_annotations[INJECTED] = f"{mode}@{policy.version}"
     apps = [c["name"] for c in containers if c.get("name") != templates.PROXY]
     if apps and DEFAULT_CONTAINER not in annotations:

@@ -31,6 +31,10 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str = "info") -> None:
+    # Each record would otherwise look up thread and process names it never prints.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()

@@ -1,0 +1,240 @@
+"""The admission hot path: POST /mutate and /validate as a raw ASGI layer inside the app.
+
+Every pod creation in the cluster passes through here, so this path pays only for what an
+answer needs: read the body, parse it, judge it, write the JSON answer, one log line and the
+metrics. Routing, request and response objects, and exception middleware are the framework's
+job for every other route (healthz, readyz, metrics); here they would cost more than the
+judging itself. The mapping from failure to HTTP status lives in this one place: the body
+limit (413), a body that stalls (408), the content type (415), malformed reviews (400),
+overload and readiness (503), unexpected errors (500, logged and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from .admission import BadRequest, Outcome, admit, parse_review
+from .runtime import Runtime
+
+MAX_BODY = 7 * 1024 * 1024  # the API server caps objects at 3 MiB; a review carries two
+MAX_IN_FLIGHT = 256  # at least 64 (SPEC 5); beyond this, 503 and the failurePolicy applies
+# A body that has not arrived by then never will in time (the API server gives a webhook 30 s
+# at most); without a deadline, clients that stall mid-body would hold every in-flight slot.
+BODY_TIMEOUT = 10.0
+ENDPOINTS = {"/mutate": "mutate", "/validate": "validate"}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("meshgate.admission")
+
+_JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
+_RETRY = (b"retry-after", b"1")
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its body was complete."""
+
+
+class TooLarge(Exception):
+    """The body is over the limit (read no further)."""
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class AdmissionFastPath:
+    """ASGI middleware: answers POST /mutate and /validate itself, passes the rest on."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        runtime: Runtime,
+        max_body: int = MAX_BODY,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        body_timeout: float = BODY_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.max_body = max_body
+        self.max_in_flight = max_in_flight
+        self.body_timeout = body_timeout
+        self.in_flight = 0
+        self._record = _Recorder(runtime)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await _reply(send, 405, orjson.dumps({"detail": "Method Not Allowed"}),
+                         (b"allow", b"POST"))  # fmt: skip
+            return
+        status, body = await self._judge(scope, receive, endpoint)
+        extra = [_CLOSE] if self.runtime.draining else []  # leaving: reconnect elsewhere
+        if status == 503:
+            extra.append(_RETRY)
+        await _reply(send, status, body, *extra)
+
+    async def _judge(self, scope: Scope, receive: Receive, endpoint: str) -> tuple[int, bytes]:
+        """(status, JSON body) for one admission call; never raises."""
+        started = time.perf_counter()
+        runtime = self.runtime
+        if self.in_flight >= self.max_in_flight:
+            runtime.metrics.requests.labels(endpoint, "", "overloaded").inc()
+            message = "overloaded: too many requests in flight; retry"
+            return self._error(endpoint, started, 503, message)
+        context = runtime.context
+        if context is None:
+            return self._error(endpoint, started, 503, f"not ready: {runtime.not_ready_detail}")
+        content_type = _header(scope, b"content-type") or b""
+        media_type = content_type.split(b";")[0].strip().lower()
+        if media_type != b"application/json":
+            shown = media_type.decode("latin-1")
+            return self._error(endpoint, started, 415,
+                               f"content type must be application/json, got {shown!r}")  # fmt: skip
+        self.in_flight += 1
+        uid: str | None = None
+        try:
+            try:
+                body = await self._body(scope, receive)
+            except TimeoutError:
+                message = f"request body not received within {self.body_timeout:g} s"
+                return self._error(endpoint, started, 408, message)
+            except TooLarge:
+                message = f"request body is larger than {self.max_body} bytes"
+                return self._error(endpoint, started, 413, message)
+            try:
+                parsed = parse_review(body)
+                uid = parsed["uid"]
+                namespace = parsed.get("namespace")
+                if namespace and not runtime.namespaces.cached(namespace):
+                    # A namespace created a moment ago: one short GET, off the event loop.
+                    await asyncio.to_thread(runtime.namespaces.fetch, namespace)
+                outcome = admit(parsed, endpoint, context)
+            except BadRequest as err:
+                runtime.metrics.requests.labels(endpoint, "", "bad-request").inc()
+                return self._error(endpoint, started, err.status, err.message, err.uid)
+            self._record(endpoint, outcome, started)
+            return 200, orjson.dumps(outcome.review)
+        except ClientGone:
+            # The caller went away mid-body (e.g. the API server's timeout): no one reads an
+            # answer, and it is no fault of ours, so it is not counted as an internal error.
+            log.info("client disconnected before the body was complete",
+                     extra={"endpoint": endpoint})  # fmt: skip
+            return 400, _error_body("client disconnected before the body was complete")
+        except Exception:
+            log.exception("internal error", extra={"uid": uid, "endpoint": endpoint})
+            runtime.metrics.errors.inc()
+            return 500, _error_body("internal error (logged); the failurePolicy applies", uid)
+        finally:
+            self.in_flight -= 1
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise TooLarge
+        message = await receive()  # the common case: the whole body has arrived already
+        chunks = [message.get("body", b"")]
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        if not message.get("more_body", False):
+            if len(chunks[0]) > self.max_body:
+                raise TooLarge
+            return chunks[0]
+        async with asyncio.timeout(self.body_timeout):
+            size = len(chunks[0])
+            while True:
+                if size > self.max_body:
+                    raise TooLarge
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            if size > self.max_body:
+                raise TooLarge
+        return b"".join(chunks)
+
+    def _error(
+        self, endpoint: str, started: float, status: int, message: str, uid: str | None = None
+    ) -> tuple[int, bytes]:
+        """An HTTP error answer, with its one log line (the message names what was wrong,
+        never the content of the object)."""
+        log.info("admission request not judged", extra={
+            "uid": uid, "endpoint": endpoint, "status": status, "error": message[:300],
+            "durationMs": round((time.perf_counter() - started) * 1000, 3)})  # fmt: skip
+        return status, _error_body(message, uid)
+
+
+class _Recorder:
+    """Metrics and the per-request log line, with the metric children looked up once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._metrics = runtime.metrics
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def __call__(self, endpoint: str, outcome: Outcome, started: float) -> None:
+        m = self._metrics
+        elapsed = time.perf_counter() - started
+        self._child(m.requests, endpoint, outcome.operation, outcome.decision).inc()
+        self._child(m.duration, endpoint).observe(elapsed)
+        if endpoint == "mutate" and outcome.mode:
+            self._child(m.decisions, outcome.mode, outcome.decision).inc()
+        if endpoint == "validate" and outcome.violations:
+            self._child(m.violations, outcome.gate_action).inc(len(outcome.violations))
+        if log.isEnabledFor(logging.INFO):
+            fields = {
+                "uid": outcome.review["response"]["uid"],
+                "endpoint": endpoint,
+                "namespace": outcome.namespace,
+                "pod": outcome.name,
+                "operation": outcome.operation,
+                "decision": outcome.decision,
+                "allowed": outcome.allowed,
+                "reason": outcome.reason,
+                "violations": list(outcome.violations),
+                "durationMs": round(elapsed * 1000, 3),
+            }
+            # One record without the caller lookup that Logger.info would do on every call.
+            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "admission", None, None)
+            record.__dict__.update(fields)
+            log.handle(record)
+
+
+def _error_body(message: str, uid: str | None = None) -> bytes:
+    return orjson.dumps({"error": message, "uid": uid} if uid else {"error": message})
+
+
+async def _reply(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
