@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8443
 CERT_DIR ?= certs/dev
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint fuzz bench soak audit clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,15 @@ lint: $(VENV)/.installed
 test: lint
 	$(BIN)/pytest -q
 
+# The property-based fuzz tests (tests/test_fuzz.py) with the "fuzz" Hypothesis profile:
+# random rather than derandomized, FUZZ_SCALE (default 20) times the examples `make test`
+# runs, failures kept in .hypothesis/ and replayed first next time. About 10 minutes at the
+# default scale on two cores; the example count is printed at the end.
+FUZZ_SCALE ?= 20
+fuzz: $(VENV)/.installed
+	HYPOTHESIS_PROFILE=fuzz FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q -o timeout=0 \
+		tests/test_fuzz.py
+
 # meshgate against a bare TLS server (the floor) with wrk; writes bench/results.md and
 # bench/latency-vs-size.png (see bench/README.md). Not part of `make test`; about 7 minutes.
 bench: $(VENV)/.bench-installed
@@ -41,6 +50,25 @@ bench: $(VENV)/.bench-installed
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install -c constraints.txt -e '.[bench]'
 	touch $@
+
+# A real `meshgate serve` against the fake API server (tests/fakeapi.py) at a fixed request
+# rate while its policy ConfigMap flips and its serving certificate rotates; every answer is
+# checked; writes soak/results.md (see docs/reliability.md). Not part of `make test`;
+# SOAK_SECONDS sets the duration (default 180), SOAK_RATE the rate (default 200 req/s).
+soak: $(VENV)/.installed
+	$(BIN)/python -m soak.run
+
+# pip-audit over the locked dependencies (constraints.txt), installed from PyPI at run time
+# into a virtualenv of its own, so that the project's virtualenv and `make test` never depend
+# on it or on an advisory database. Exit 1 on findings, 2 when not every pinned package
+# could be audited (soak/audit.py). Not part of `make test`.
+AUDIT_VENV := $(VENV)/pip-audit
+audit:
+	test -x $(AUDIT_VENV)/bin/python || $(PY) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet --timeout 30 --retries 2 --upgrade pip-audit \
+		|| { echo "make audit: could not install pip-audit from PyPI" >&2; exit 2; }
+	$(AUDIT_VENV)/bin/python soak/audit.py --pip-audit $(AUDIT_VENV)/bin/pip-audit \
+		-r constraints.txt
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -455,3 +455,12 @@ def test_client_renegotiation_is_refused(listener: Listener) -> None:
     assert "no renegotiation" in output.lower()
     assert "HTTP/1.1 200" not in output
     assert ServingCertificate(listener.cert_dir).listener.options & ssl.OP_NO_RENEGOTIATION
+
+
+def test_no_tls13_session_tickets_so_the_session_cache_does_not_grow() -> None:
+    # Nothing resumes sessions with meshgate; each cached one is memory held per connection.
+    from webhook.server import hardened_context
+
+    context = hardened_context()
+    assert context.num_tickets == 0
+    assert context.options & ssl.OP_NO_TICKET

@@ -96,6 +96,8 @@ def parse_review(body: bytes) -> dict[str, Any]:
     kind = request.get("kind")
     if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str):
         raise BadRequest(400, "request.kind must be an object with a string kind", uid)
+    if kind.get("group") is not None and not isinstance(kind["group"], str):
+        raise BadRequest(400, "request.kind.group must be a string", uid)
     if not isinstance(request.get("operation"), str):
         raise BadRequest(400, "request.operation must be a string", uid)
     for key in ("namespace", "subResource", "name"):

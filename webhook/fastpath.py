@@ -86,7 +86,9 @@ class AdmissionFastPath:
                          (b"allow", b"POST"))  # fmt: skip
             return
         status, body = await self._judge(scope, receive, endpoint)
-        extra = [_CLOSE] if self.runtime.draining else []  # leaving: reconnect elsewhere
+        # Leaving (draining), or the rest of a body we refused is still on its way: close,
+        # so the caller reconnects (elsewhere) rather than us reading what we will discard.
+        extra = [_CLOSE] if self.runtime.draining or status in (408, 413) else []
         if status == 503:
             extra.append(_RETRY)
         await _reply(send, status, body, *extra)

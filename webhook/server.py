@@ -12,6 +12,17 @@ new one, never half of each, and established connections keep theirs.
 Shutdown (SPEC 6): SIGTERM starts a drain. ``/readyz`` turns 503 at once so endpoints and
 load balancers move on, while requests keep being answered (the API server does not retry
 a failed webhook call); then the listener closes and requests in flight are finished.
+
+Slow and greedy clients (SPEC 5, issue 6): uvicorn bounds neither the time a request may
+take to arrive nor the size of its head, so `GuardedHTTPProtocol` adds both: a request
+(request line, headers and body) must have fully arrived within `REQUEST_TIMEOUT` of its
+first byte (the first request of a connection: of the connection being accepted, TLS
+handshake included), or the connection is dropped; a request line and headers over
+`MAX_HEAD_BYTES` are answered 431 and the connection closed. The TLS handshake and the TLS
+close are bounded too (`TLS_HANDSHAKE_TIMEOUT`, `TLS_SHUTDOWN_TIMEOUT`; asyncio's defaults
+are 60 s and 30 s). An idle keep-alive connection is closed after `KEEP_ALIVE_TIMEOUT`.
+While more than `MAX_CONNECTIONS` connections are open, every request is answered 503 (and
+its connection closed), as is one beyond the app's own bound on requests in flight.
 """
 
 from __future__ import annotations
@@ -30,9 +41,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .certs import TLS_CERT_FILE, TLS_KEY_FILE
 
@@ -49,6 +62,25 @@ DRAIN_SECONDS = 5.0  # default of `meshgate serve --drain-seconds`
 # server gives a webhook at most 30 s (ours: timeoutSeconds <= 5); a body that stalls is
 # already cut off by the app's body timeout.
 SHUTDOWN_TIMEOUT = 15
+# A request, its first byte to its last (a connection's first: from its accept), in seconds.
+# The API server waits for a webhook at most 30 s (ours: timeoutSeconds <= 5): a request
+# still arriving after 10 s is a client that is stuck or hostile, not one worth waiting for.
+REQUEST_TIMEOUT = 10.0
+# Request line and headers. The API server sends well under 1 KiB; uvicorn's httptools
+# parser has no limit of its own (a client could stream headers until memory runs out).
+MAX_HEAD_BYTES = 64 * 1024
+# Seconds an idle keep-alive connection stays open. Long enough that a quiet API server
+# (a pod now and then) reuses its connection instead of paying a handshake per call, and
+# rarely races a close against its next request; idle connections cost little and are
+# bounded by MAX_CONNECTIONS.
+KEEP_ALIVE_TIMEOUT = 30
+# Open connections served at once; while more are open (counting those still in their TLS
+# close), every request is answered 503 (uvicorn's limit_concurrency). Far above the
+# benchmark's 64 connections and above the app's bound on requests in flight (256), so that
+# bound, with its JSON 503, is the one normally met.
+MAX_CONNECTIONS = 512
+TLS_HANDSHAKE_TIMEOUT = REQUEST_TIMEOUT
+TLS_SHUTDOWN_TIMEOUT = 5.0  # waiting for the peer's close_notify, after our own
 
 log = logging.getLogger("meshgate.server")
 
@@ -70,6 +102,10 @@ def hardened_context() -> ssl.SSLContext:
         # decrypt every TLS 1.2 session it resumed: keep resumption state server-side.
         | ssl.OP_NO_TICKET
     )
+    # With OP_NO_TICKET, OpenSSL 3 still answers each TLS 1.3 handshake with a stateful
+    # ticket and keeps its session in the server cache; nothing resumes them (the API
+    # server does not), so they only grow memory with every new connection: issue none.
+    context.num_tickets = 0
     return context
 
 
@@ -198,6 +234,140 @@ class ServingCertificate:
         return True
 
 
+class GuardedHTTPProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline per request and a bound on its head.
+
+    One timer per connection at most, re-armed lazily: a request's start records its
+    deadline; its end clears it; the timer, when it fires, drops the connection only if the
+    request it was armed for (or a later one) is still incomplete.
+    """
+
+    request_timeout: float = REQUEST_TIMEOUT
+    max_head_bytes: int = MAX_HEAD_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Made when the connection is accepted, before the TLS handshake: the first
+        # request's time runs from now.
+        self._deadline: float | None = self.loop.time() + self.request_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # the current request's line and headers are not complete
+        self._head_bytes = 0
+        self._tail = b""  # the last bytes of the head so far: its end may span two reads
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused or dropped: nothing more is read
+        if self._in_head:
+            # Measured before the parser sees it: a head that arrives whole in one read
+            # would otherwise be taken, whatever its size.
+            end = (self._tail + data).find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4 - len(self._tail)
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse_head()
+                return
+            self._tail = data[-3:]
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a later request on a kept-alive connection
+            self._deadline = self.loop.time() + self.request_timeout
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._deadline = None
+        self._in_head, self._head_bytes, self._tail = True, 0, b""
+
+    def _arm(self) -> None:
+        if self._timer is None and self._deadline is not None:
+            self._timer = self.loop.call_at(self._deadline, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._deadline is None or self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:
+            # We stopped reading (the app has not taken the body so far, or a pipelined
+            # request waits for the one before it): not the client's delay.
+            self._deadline = now + self.request_timeout
+        if now < self._deadline:
+            self._arm()
+            return
+        log.info("request not received in time: connection dropped",
+                 extra={"client": _address(self.client), "seconds": self.request_timeout,
+                        "headersComplete": not self._in_head})  # fmt: skip
+        self.transport.abort()  # no TLS close: a stuck peer would hold the socket longer
+
+    def _refuse_head(self) -> None:
+        log.warning("request line and headers too large: refused",
+                    extra={"client": _address(self.client), "limit": self.max_head_bytes})
+        if self.cycle is None or self.cycle.response_complete:  # no answer is being written
+            body = orjson.dumps({"error": "request line and headers are larger than "
+                                          f"{self.max_head_bytes} bytes"})  # fmt: skip
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/json\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
+        else:
+            self.transport.abort()
+
+
+def _address(client: tuple[str, int] | None) -> str | None:
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+def _tls_limits(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.get("ssl") is not None:
+        kwargs.setdefault("ssl_handshake_timeout", TLS_HANDSHAKE_TIMEOUT)
+        kwargs.setdefault("ssl_shutdown_timeout", TLS_SHUTDOWN_TIMEOUT)
+    return kwargs
+
+
+# uvicorn creates the listener with the loop's own TLS handshake and close timeouts (60 s
+# and 30 s) and no way to change them: its loop, with those two bounded, is ours.
+class _SelectorLoop(asyncio.SelectorEventLoop):
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        return await super().create_server(*args, **_tls_limits(kwargs))
+
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover  (uvicorn[standard] brings it on Linux)
+    uvloop = None  # type: ignore[assignment]
+
+if uvloop is not None:
+
+    class _UVLoop(uvloop.Loop):
+        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:  # type: ignore[override]
+            return await super().create_server(*args, **_tls_limits(kwargs))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop uvicorn would choose ("auto": uvloop when installed), with the TLS
+    handshake and close bounded."""
+    return _UVLoop() if uvloop is not None else _SelectorLoop()
+
+
 class Server(uvicorn.Server):
     """uvicorn, plus the certificate watch and the drain on SIGTERM."""
 
@@ -276,21 +446,35 @@ def make_server(
     runtime: Runtime | None = None,
     drain_seconds: float = DRAIN_SECONDS,
     reload_interval: float = RELOAD_INTERVAL,
+    request_timeout: float = REQUEST_TIMEOUT,
+    keep_alive: int = KEEP_ALIVE_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> Server:
     """A server for `app` on host:port over TLS from `cert_dir` (CertificateError if the
     files do not load). With `runtime`, it reports the certificate in its metrics and turns
-    `runtime.draining` on when the drain starts."""
+    `runtime.draining` on when the drain starts. The limits on clients (module docstring)
+    are parameters for the tests; meshgate serves with the defaults."""
     certificate = ServingCertificate(cert_dir, runtime.metrics if runtime else None)
+    protocol = type("GuardedHTTPProtocol", (GuardedHTTPProtocol,),
+                    {"request_timeout": request_timeout})  # fmt: skip
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         workers=1,
+        loop=new_event_loop,  # type: ignore[arg-type]
+        http=protocol,
+        ws="none",  # no WebSocket endpoint: an upgrade request is served as plain HTTP
+        # Nothing proxies to meshgate (the API server calls it through its Service): no
+        # X-Forwarded-* rewriting, and no middleware for it on every request.
+        proxy_headers=False,
         access_log=False,
         log_config=None,
         lifespan="off",
         server_header=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=keep_alive,
+        # uvicorn answers 503 once this many connections (this one included) are open.
+        limit_concurrency=max_connections + 1,
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
         ssl_context_factory=lambda _config, _default: certificate.listener,
     )
