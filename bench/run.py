@@ -480,7 +480,12 @@ class Report:
     steal_cores: float = 0.0
 
 
-def machine() -> dict[str, str]:
+PACKAGES = ("uvicorn", "fastapi", "starlette", "orjson", "uvloop", "httptools")
+
+
+def machine(packages: tuple[str, ...] = PACKAGES, *, wrk: bool = True) -> dict[str, str]:
+    """The machine description for a report (also used by the soak, without wrk)."""
+
     def read(path: str) -> str:
         try:
             return Path(path).read_text()
@@ -498,13 +503,11 @@ def machine() -> dict[str, str]:
         platform.system(),
     )
     versions = []
-    for package in ("uvicorn", "fastapi", "starlette", "orjson", "uvloop", "httptools"):
+    for package in packages:
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{package} (not installed)")
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    wrk_version = (wrk.stdout or wrk.stderr or "?").splitlines()[0].split(" Copyright")[0]
     git = subprocess.run(
         ["git", "describe", "--always", "--dirty"],
         cwd=ROOT,
@@ -512,16 +515,20 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     )
-    return {
+    description = {
         "CPU": cpu_model(read("/proc/cpuinfo")),
         "Cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable",
         "Memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
         "OS": f"{os_name}, Linux {platform.release()}",
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "Packages": ", ".join(versions),
-        "wrk": wrk_version.strip(),
-        "meshgate commit": git.stdout.strip() or "unknown",
     }
+    if wrk:
+        found = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+        version = (found.stdout or found.stderr or "?").splitlines()[0].split(" Copyright")[0]
+        description["wrk"] = version.strip()
+    description["meshgate commit"] = git.stdout.strip() or "unknown"
+    return description
 
 
 def _command() -> str:

@@ -41,7 +41,6 @@ import hashlib
 import http.client
 import json
 import os
-import platform
 import queue
 import random
 import shlex
@@ -58,7 +57,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,7 +66,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from bench import bodies
-from bench.run import cpu_model, free_port, process_cpu_seconds, status_kb
+from bench.run import PACKAGES, free_port, process_cpu_seconds, status_kb
+from bench.run import machine as bench_machine
 from webhook import certs
 from webhook.admission import Context, admit, parse_review
 from webhook.match import SchemaError
@@ -1084,40 +1083,7 @@ def evaluate(report: Report) -> list[tuple[str, str, bool]]:
 
 
 def machine() -> dict[str, str]:
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text()
-        except OSError:
-            return ""
-
-    meminfo = read("/proc/meminfo")
-    mem_kb = status_kb(meminfo, "MemTotal") if "MemTotal:" in meminfo else 0
-    os_name = next(
-        (
-            line.split("=", 1)[1].strip('"')
-            for line in read("/etc/os-release").splitlines()
-            if line.startswith("PRETTY_NAME=")
-        ),
-        platform.system(),
-    )
-    versions = []
-    for package in ("uvicorn", "fastapi", "starlette", "orjson", "uvloop", "httptools",
-                    "kubernetes"):  # fmt: skip
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                         capture_output=True, text=True, check=False)  # fmt: skip
-    return {
-        "CPU": cpu_model(read("/proc/cpuinfo")),
-        "Cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable",
-        "Memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "OS": f"{os_name}, Linux {platform.release()}",
-        "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "Packages": ", ".join(versions),
-        "meshgate commit": git.stdout.strip() or "unknown",
-    }  # fmt: skip
+    return bench_machine((*PACKAGES, "kubernetes"), wrk=False)
 
 
 def _command() -> str:

@@ -8,6 +8,8 @@ needs with `from helpers import ...`, as it does `from fakeapi import FakeAPISer
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
 import ssl
@@ -23,6 +25,7 @@ from typing import Any, Self
 import httpx
 
 from webhook import certs
+from webhook.logs import JSONFormatter
 from webhook.runtime import Runtime
 from webhook.server import make_server
 
@@ -347,3 +350,20 @@ def admission_review(obj: Any, **request: Any) -> dict[str, Any]:
     """An AdmissionReview (v1) whose request is admission_request(obj, **request)."""
     return {"apiVersion": ADMISSION_API, "kind": "AdmissionReview",
             "request": admission_request(obj, **request)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def json_log() -> Iterator[io.StringIO]:
+    """Every log record of the process, formatted by meshgate's JSON formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

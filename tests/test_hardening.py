@@ -18,9 +18,7 @@ are test_tls.py's; the per-request log lines are test_observability.py's.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import select
 import socket
 import ssl
@@ -33,12 +31,11 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import admission_review, client_context, make_cert_dir, wait_for
+from helpers import admission_review, client_context, json_log, make_cert_dir, wait_for
 
 from webhook import certs, server
 from webhook.admission import Context
 from webhook.app import MAX_IN_FLIGHT, create_app
-from webhook.logs import JSONFormatter
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
@@ -499,22 +496,6 @@ def test_requests_in_flight_beyond_the_bound_are_answered_503(cert_dir: Path) ->
 
 # ---------------------------------------------------------------------------------------
 # logs: the protocol-level paths never carry what the client sent
-
-
-@contextlib.contextmanager
-def json_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def test_refused_and_dropped_requests_are_logged_without_what_the_client_sent(

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import io
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,14 +22,13 @@ import orjson
 import pytest
 import yaml
 from cryptography import x509
-from helpers import ServerThread, admission_review, client_context, make_cert_dir
+from helpers import ServerThread, admission_review, client_context, json_log, make_cert_dir
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
 from webhook.admission import Context
 from webhook.app import create_app
 from webhook.cluster import PolicyWatch
-from webhook.logs import JSONFormatter
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
@@ -295,23 +293,6 @@ def deployment(template_pod: dict[str, Any]) -> dict[str, Any]:
             "spec": {"selector": {"matchLabels": {"app": "payments"}},
                      "template": {"metadata": template_pod["metadata"],
                                   "spec": template_pod["spec"]}}}  # fmt: skip
-
-
-@contextlib.contextmanager
-def json_log() -> Iterator[io.StringIO]:
-    """Every log record of the process, formatted by meshgate's JSON formatter."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def parse_lines(stream: io.StringIO) -> list[dict[str, Any]]:
