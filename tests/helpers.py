@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import httpx
 
-from webhook import certs
+from webhook import certs, logs
 from webhook.logs import JSONFormatter
 from webhook.runtime import Runtime
 from webhook.server import make_server
@@ -354,16 +354,22 @@ def admission_review(obj: Any, **request: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def json_log() -> Iterator[io.StringIO]:
-    """Every log record of the process, formatted by meshgate's JSON formatter."""
+    """Every log line of the process: records formatted by meshgate's JSON formatter, and
+    the admission lines webhook.logs.lines writes."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     level = root.level
+    logs.lines.flush()  # earlier lines are not this block's
+    writing_to = logs.lines.handler
+    logs.lines.handler = handler
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:
         yield stream
     finally:
+        logs.lines.flush()  # the lines of the last requests, still waiting for their write
+        logs.lines.handler = writing_to
         root.removeHandler(handler)
         root.setLevel(level)

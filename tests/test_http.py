@@ -7,6 +7,7 @@ policy itself (versions, cipher suites, the chain) is tested in test_tls.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -329,6 +330,27 @@ def test_wrong_method_is_405(client: httpx.Client, path: str, method: str) -> No
 
 def test_unknown_path_is_404(client: httpx.Client) -> None:
     assert post(client, "/mutate-pods", review(pod())).status_code == 404
+
+
+def test_the_admission_paths_never_reach_the_framework() -> None:
+    """The app answers /mutate and /validate (their 405s too) before FastAPI and Starlette
+    run: Starlette builds its middleware stack on its first call, and has not after them."""
+    app = create_app(ready_runtime())
+
+    async def statuses() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://meshgate") as c:
+            answered = [(await c.post(path, content=orjson.dumps(review(pod())),
+                                      headers=JSON)).status_code
+                        for path in ("/mutate", "/validate")]  # fmt: skip
+            answered.append((await c.get("/mutate")).status_code)
+            assert app.middleware_stack is None
+            answered.append((await c.get("/healthz")).status_code)  # the framework's
+            answered.append((await c.post("/mutate/", content=b"{}", headers=JSON)).status_code)
+        return answered
+
+    assert asyncio.run(statuses()) == [200, 200, 405, 200, 404]
+    assert app.middleware_stack is not None
 
 
 def test_the_server_still_answers_after_bad_input(client: httpx.Client) -> None:

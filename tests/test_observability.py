@@ -8,12 +8,18 @@ its logs are captured with meshgate's own JSON formatter, line by line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import io
 import json
+import logging
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +29,15 @@ import pytest
 import yaml
 from cryptography import x509
 from helpers import ServerThread, admission_review, client_context, json_log, make_cert_dir
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook import certs
-from webhook.admission import Context
+from webhook import certs, logs
+from webhook.admission import Context, Outcome
 from webhook.app import create_app
 from webhook.cluster import PolicyWatch
+from webhook.fastpath import _Recorder
+from webhook.metrics import BUCKETS, Metrics
 from webhook.namespaces import StaticNamespaces
 from webhook.policy import default_policy
 from webhook.runtime import Runtime
@@ -197,6 +206,44 @@ def test_request_metrics_follow_the_answers(cert_dir: Path) -> None:
         assert buckets[-1][0] == float("inf")
         assert counts[-1] == value(after, "meshgate_admission_duration_seconds_count",
                                    endpoint=endpoint)  # fmt: skip
+
+
+def test_the_hot_path_families_render_as_prometheus_client_renders_them() -> None:
+    """The families the admission path updates are plain numbers (metrics.PlainCounter,
+    PlainHistogram); a scrape shows them as prometheus_client's Counter and Histogram do:
+    the same text, first in the output, only the `_created` times differ."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    requests = Counter("meshgate_admission_requests", "Admission requests answered.",
+                       ["endpoint", "operation", "outcome"], registry=reference)
+    decisions = Counter("meshgate_decisions", "Injection decisions on /mutate.",
+                        ["mode", "decision"], registry=reference)
+    violations = Counter("meshgate_gate_violations", "Gate violations reported by /validate.",
+                         ["action"], registry=reference)
+    duration = Histogram("meshgate_admission_duration_seconds",
+                         "Time to answer an admission request.", ["endpoint"],
+                         buckets=BUCKETS, registry=reference)  # fmt: skip
+    # On a bucket's bound, between two, past the last; a series seen again; a count of 2.
+    for labels, seconds in [(("mutate", "CREATE", "inject:cni"), 0.001),
+                            (("validate", "CREATE", "allowed"), 0.0007),
+                            (("mutate", "CREATE", "inject:cni"), 3.5),
+                            (("mutate", "", "bad-request"), None)]:  # fmt: skip
+        requests.labels(*labels).inc()
+        metrics.requests.inc(labels)
+        if seconds is not None:
+            duration.labels(labels[0]).observe(seconds)
+            metrics.duration.observe(labels[:1], seconds)
+    decisions.labels("cni", "inject:cni").inc()
+    metrics.decisions.inc(("cni", "inject:cni"))
+    violations.labels("deny").inc(2)
+    metrics.violations.inc(("deny",), 2)
+
+    def masked(text: str) -> str:
+        return re.sub(r"^(\S*_created(\{.*\})?) \S+$", r"\1 T", text, flags=re.MULTILINE)
+
+    expected = masked(generate_latest(reference).decode())
+    assert "_created{" in expected and 'le="+Inf"} 2.0' in expected
+    assert masked(metrics.render().decode()).startswith(expected)
 
 
 class NoEvents:
@@ -396,3 +443,95 @@ def test_an_internal_error_is_logged_without_the_request_body(cert_dir: Path) ->
     assert errors[0]["uid"] == "boom"
     assert "namespace cache exploded" in errors[0]["error"]  # the traceback is there
     assert "payments" not in errors[0]["error"]  # ... but not the object
+
+
+def judged(uid: str = "u-1") -> Outcome:
+    """The outcome of a refused /validate request, as admit() returns it."""
+    return Outcome(review={"response": {"uid": uid}}, allowed=False, decision="deny",
+                   reason='container "app" adds NET_ADMIN', namespace="mesh", name="web",
+                   operation="CREATE", violations=("adds NET_ADMIN", "privileged"),
+                   gate_action="deny")  # fmt: skip
+
+
+def test_the_admission_line_is_the_line_the_json_formatter_would_make() -> None:
+    """The per-request line is written without a log record; it is the very object that
+    JSONFormatter makes of log.info("admission", extra=...) with the same fields."""
+    outcome = judged()
+    with json_log() as stream:
+        _Recorder(Runtime())("validate", outcome, time.perf_counter())  # no loop: at once
+        logging.getLogger("meshgate.admission").info("admission", extra={
+            "uid": "u-1", "endpoint": "validate", "namespace": "mesh", "pod": "web",
+            "operation": "CREATE", "decision": "deny", "allowed": False,
+            "reason": outcome.reason, "violations": list(outcome.violations),
+            "durationMs": 0.001})  # fmt: skip
+    ours, theirs = parse_lines(stream)
+    assert list(ours) == list(theirs)  # the same keys, in the same order
+    assert {k: v for k, v in ours.items() if k not in ("time", "durationMs")} == {
+        k: v for k, v in theirs.items() if k not in ("time", "durationMs")}  # fmt: skip
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ours["time"])
+    ours_at, theirs_at = (datetime.fromisoformat(entry["time"]) for entry in (ours, theirs))
+    assert timedelta(0) <= theirs_at - ours_at < timedelta(seconds=1)  # made just now
+    assert isinstance(ours["durationMs"], float) and 0 <= ours["durationMs"] < 1000
+
+
+def test_admission_lines_are_written_together_once_per_turn_of_the_event_loop() -> None:
+    record = _Recorder(Runtime())
+
+    async def burst() -> tuple[str, str]:
+        for uid in ("u-1", "u-2", "u-3"):
+            record("validate", judged(uid), time.perf_counter())
+        during = stream.getvalue()
+        await asyncio.sleep(0)  # the loop's next turn
+        return during, stream.getvalue()
+
+    with json_log() as stream:
+        during, after = asyncio.run(burst())
+    assert during == ""
+    assert [json.loads(line)["uid"] for line in after.splitlines()] == ["u-1", "u-2", "u-3"]
+
+
+def test_no_admission_line_is_made_when_info_is_off() -> None:
+    with json_log() as stream:
+        logging.getLogger().setLevel(logging.WARNING)  # meshgate serve --log-level warning
+        _Recorder(Runtime())("validate", judged(), time.perf_counter())
+    assert stream.getvalue() == ""
+
+
+def test_a_line_left_by_a_loop_that_stopped_early_is_written_with_the_next() -> None:
+    with json_log() as stream:
+        loop = asyncio.new_event_loop()
+
+        def write_and_stop() -> None:
+            logs.lines.write(b'{"msg":"first"}')
+            loop.stop()  # before the turn that would have written it
+
+        loop.call_soon(write_and_stop)
+        loop.run_forever()
+        loop.close()
+        assert stream.getvalue() == ""
+
+        async def later() -> str:
+            logs.lines.write(b'{"msg":"second"}')
+            await asyncio.sleep(0)
+            return stream.getvalue()
+
+        assert asyncio.run(later()) == '{"msg":"first"}\n{"msg":"second"}\n'
+
+
+def test_a_line_still_buffered_at_exit_is_written(tmp_path: Path) -> None:
+    code = (
+        "import asyncio\n"
+        "from webhook import logs\n"
+        "logs.configure('info')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "def write_and_stop():\n"
+        "    logs.lines.write(b'{\"msg\":\"last\"}')\n"
+        "    loop.stop()\n"
+        "loop.call_soon(write_and_stop)\n"
+        "loop.run_forever()\n"
+        "loop.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == '{"msg":"last"}\n'

@@ -218,6 +218,54 @@ def test_compile_does_not_change_its_input() -> None:
     assert raw == before
 
 
+def _mutable_parts(value: Any, path: str = "") -> list[str]:
+    """Where a compiled template could be changed in place (it must be nowhere)."""
+    found = []
+    if isinstance(value, dict):
+        if type(value) is dict:
+            found.append(path or "/")
+        for key, item in value.items():
+            found += _mutable_parts(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        if type(value) is list:
+            found.append(path or "/")
+        for i, item in enumerate(value):
+            found += _mutable_parts(item, f"{path}/{i}")
+    return found
+
+
+def test_compiled_templates_are_read_only_at_every_level() -> None:
+    """Every request shares the policy's templates; a change in place would reach every
+    later pod, so each level refuses it, and copies are ordinary objects again."""
+    policy = compile_policy({"sidecar": {"volumes": [{"name": "extra", "emptyDir": {}}]}})
+    templates_ = {
+        "proxy": policy.proxy_template,
+        "init": policy.init_template,
+        "validation": policy.validation_template,
+        "volumes": policy.volumes_template,
+    }
+    for name, template in templates_.items():
+        assert _mutable_parts(template) == [], name
+    proxy: Any = policy.proxy_template
+    changes = [
+        lambda: proxy.__setitem__("image", "evil"),
+        lambda: proxy.setdefault("lifecycle", {}),
+        lambda: proxy.update(image="evil"),
+        lambda: proxy.pop("image"),
+        lambda: proxy["env"].append({"name": "X", "value": "1"}),
+        lambda: proxy["env"][0].__setitem__("value", "evil"),
+        lambda: proxy["securityContext"]["capabilities"]["drop"].clear(),
+        lambda: policy.volumes_template[0].__delitem__("name"),  # type: ignore[attr-defined]
+    ]
+    for change in changes:
+        with pytest.raises(TypeError, match="shared by every request"):
+            change()
+    copied = copy.deepcopy(proxy)
+    assert copied == proxy and _mutable_parts(copied) != []
+    copied["env"][0]["value"] = "changed"  # an ordinary copy: the template is untouched
+    assert proxy["env"][0]["value"] != "changed"
+
+
 # ---------------------------------------------------------------------------------------
 # the policy version
 

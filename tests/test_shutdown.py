@@ -270,6 +270,11 @@ def test_sigterm_drains_then_exits_without_a_failed_request(tmp_path: Path) -> N
     assert any(m.startswith("draining") for m in messages), messages
     assert any(m.startswith("drain over") for m in messages), messages
 
+    # Every request answered has its log line, the last ones before the exit too.
+    logged = {e["uid"] for e in served.lines if e.get("msg") == "admission"}
+    answered = {a[3].split()[0] for a in attempts if a[2]} | {"slow-1"}
+    assert answered <= logged, sorted(answered - logged)[:5]
+
 
 @pytest.mark.parametrize("args", [pytest.param(["--drain-seconds", "0"], id="no-drain")])
 def test_without_a_drain_sigterm_stops_at_once_and_exits_0(tmp_path: Path,

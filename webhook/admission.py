@@ -10,9 +10,10 @@ constructors below, so every one carries the uid and the audit annotations.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -66,10 +67,16 @@ class Outcome:
     operation: str = ""
     violations: tuple[str, ...] = ()
     gate_action: str = ""
-    patch: tuple[Op, ...] = ()
     warnings: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     gate: str = ""
+
+    @property
+    def patch(self) -> tuple[Op, ...]:
+        """The JSON Patch exactly as the response carries it, decoded into objects the
+        caller owns (the operations built for the response share the policy's templates)."""
+        encoded = self.review["response"].get("patch")
+        return tuple(orjson.loads(base64.b64decode(encoded))) if encoded else ()
 
 
 def parse_review(body: bytes) -> dict[str, Any]:
@@ -132,7 +139,7 @@ def allowed(
     }
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
+        response["patch"] = binascii.b2a_base64(orjson.dumps(patch), newline=False).decode()
     if warnings:
         response["warnings"] = list(warnings)
     return _review(response)
@@ -151,8 +158,7 @@ def denied(
     })  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Request:
+class _Request(NamedTuple):
     uid: str
     operation: str
     group: str
@@ -263,7 +269,7 @@ def _mutate_pod(req: _Request, ctx: Context) -> Outcome:
     warnings = d.warnings + _missing_network(req, d, ctx)
     review = allowed(req.uid, d.label, reason, ctx.policy.version, patch=ops, warnings=warnings)
     return Outcome(review, True, d.label, reason, namespace=req.namespace, name=req.name,
-                   operation=req.operation, patch=tuple(ops), warnings=warnings,
+                   operation=req.operation, warnings=warnings,
                    gate_action=d.gate.action if d.gate.violated else "",
                    **explained)  # fmt: skip
 

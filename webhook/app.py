@@ -1,7 +1,7 @@
 """The HTTP shell: the FastAPI app factory.
 
 The admission endpoints (POST /mutate and /validate) are answered by the raw ASGI layer in
-`fastpath`, installed as the app's middleware; the framework routes the rest: /healthz,
+`fastpath`, called first thing by the app itself; the framework routes the rest: /healthz,
 /readyz and /metrics.
 """
 
@@ -13,9 +13,32 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from .fastpath import BODY_TIMEOUT, MAX_BODY, MAX_IN_FLIGHT, AdmissionFastPath
+from .fastpath import BODY_TIMEOUT, ENDPOINTS, MAX_BODY, MAX_IN_FLIGHT, AdmissionFastPath
 from .runtime import Runtime
+
+
+class MeshgateApp(FastAPI):
+    """The FastAPI app, with the admission paths answered before the framework sees them.
+
+    As a middleware, the fast path would run inside FastAPI's and Starlette's own calls and
+    Starlette's error middleware (which wraps `send`), on every request; they do nothing an
+    admission answer needs (the fast path maps its own errors to statuses). Everything
+    else, the lifespan included, is the framework's.
+    """
+
+    def __init__(self, admission: AdmissionFastPath, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = ENDPOINTS.get(scope["path"])
+            if endpoint is not None:
+                await self.admission.answer(scope, receive, send, endpoint)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response:
@@ -29,15 +52,12 @@ def create_app(
     max_in_flight: int = MAX_IN_FLIGHT,
     body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
-    app = FastAPI(title="meshgate", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = runtime.metrics
-    app.add_middleware(
-        AdmissionFastPath,
-        runtime=runtime,
-        max_body=max_body,
-        max_in_flight=max_in_flight,
-        body_timeout=body_timeout,
+    admission = AdmissionFastPath(
+        runtime, max_body=max_body, max_in_flight=max_in_flight, body_timeout=body_timeout
     )
+    app = MeshgateApp(admission, title="meshgate", docs_url=None, redoc_url=None,
+                      openapi_url=None)  # fmt: skip
+    metrics = runtime.metrics
 
     async def healthz(request: Request) -> Response:
         return _json(200, {"status": "ok"})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import multus, templates, traffic
@@ -83,7 +83,6 @@ class Decision:
     network_value: str | None = None  # new Multus annotation value, when it must change
     gateway: bool = False
     exempt: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def label(self) -> str:

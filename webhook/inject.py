@@ -2,8 +2,10 @@
 
 `patch_for` turns a Decision into operations: the proxy (merged into the pod's own
 istio-proxy when it declares one), istio-init or istio-validation, the proxy's volumes, the
-Multus network, and the annotations Istio's tooling and the CNI plugin read. Templates come
-from the policy as JSON, decoded per request, so each request owns the objects it returns.
+Multus network, and the annotations Istio's tooling and the CNI plugin read. The policy's
+templates are read-only and shared by every request (see templates.FrozenDict): a request
+copies the levels it changes and shares the rest, so the operations may hold template
+objects; they are only serialized, never changed.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ def _index(items: list[dict[str, Any]], name: str) -> int | None:
 def _proxy(
     policy: Policy, pod: Mapping[str, Any], annotations: Mapping[str, str]
 ) -> dict[str, Any]:
-    proxy: dict[str, Any] = orjson.loads(policy.proxy_json)
+    template = policy.proxy_template
+    proxy = dict(template)
     spec = pod.get("spec") or {}
     apps = [c for c in spec.get("containers") or () if c.get("name") != templates.PROXY]
     interception = traffic.interception_mode(annotations)
-    env = proxy.setdefault("env", [])
+    env = template.get("env") or []
     have = {e.get("name") for e in env}
     ports = [
         {k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
@@ -50,11 +53,12 @@ def _proxy(
         if isinstance(p, dict)
     ]
     derived = [
-        ("ISTIO_META_POD_PORTS", json.dumps(ports, separators=(",", ":")) if ports else None),
+        ("ISTIO_META_POD_PORTS", orjson.dumps(ports).decode() if ports else None),
         ("ISTIO_META_APP_CONTAINERS", ",".join(c["name"] for c in apps) or None),
         ("ISTIO_META_INTERCEPTION_MODE", interception),
     ]
-    env.extend({"name": k, "value": v} for k, v in derived if v is not None and k not in have)
+    proxy["env"] = [*env, *({"name": k, "value": v} for k, v in derived
+                             if v is not None and k not in have)]  # fmt: skip
     return proxy
 
 
@@ -63,8 +67,8 @@ def _tproxy(proxy: dict[str, Any]) -> None:
     after the pod's own istio-proxy is merged in, as Istio's output shows: a capability
     added to a non-root process is not in its effective set, so the proxy could not
     open its transparent sockets."""
-    context = proxy["securityContext"] = proxy.get("securityContext") or {}  # may be null
-    caps = context["capabilities"] = context.get("capabilities") or {}
+    context = proxy["securityContext"] = dict(proxy.get("securityContext") or {})  # or null
+    caps = context["capabilities"] = dict(context.get("capabilities") or {})
     caps["add"] = list(dict.fromkeys([*(caps.get("add") or []), "NET_ADMIN"]))
     context.update(runAsUser=0, runAsNonRoot=False)
 
@@ -104,15 +108,16 @@ def _init_container(
     args = traffic.iptables_args(annotations)
     args[args.index("-u") + 1] = str(uid)
     if mode == "init":
-        container: dict[str, Any] = orjson.loads(policy.init_json)
+        container = dict(policy.init_template)
     else:
-        container = orjson.loads(policy.validation_json)
+        container = dict(policy.validation_template)
         args += ["--run-validation", "--skip-rule-apply"]
         # istio-validation runs as the proxy user, as Istio's does.
-        context = container.setdefault("securityContext", {})
+        context = dict(container.get("securityContext") or {})
         context["runAsUser"] = uid
         if gid is not None:
             context["runAsGroup"] = gid
+        container["securityContext"] = context
     container["args"] = args
     return container
 
@@ -219,7 +224,7 @@ def _containers(
         else:
             containers.append(proxy)
     present = {v.get("name") for v in old_volumes or ()}
-    template_volumes = orjson.loads(policy.volumes_json)
+    template_volumes = policy.volumes_template
     added_volumes = [v for v in template_volumes if v["name"] not in present]
     volumes = [*(old_volumes or []), *added_volumes]
 

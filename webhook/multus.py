@@ -9,6 +9,7 @@ its traffic bypass the mesh.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -67,12 +68,22 @@ def parse(value: str) -> list[NetworkRef]:
     return [parse_ref(entry.strip()) for entry in value.split(",")]
 
 
+# Values up to this length are remembered: a Deployment's pods carry the same few values.
+_REMEMBERED = 512
+
+
 def merged(value: str | None, network: str, pod_namespace: str) -> str | None:
     """The new annotation value with `network` added, or None when it is there already.
 
     Two entries are the same network when their namespaces and names are equal, a missing
     namespace meaning the pod's own.
     """
+    if value is None or len(value) <= _REMEMBERED:
+        return _merged_remembered(value, network, pod_namespace)
+    return _merged(value, network, pod_namespace)
+
+
+def _merged(value: str | None, network: str, pod_namespace: str) -> str | None:
     wanted = parse_ref(network)
     refs = parse(value or "")
     key = wanted.resolved(pod_namespace)
@@ -88,6 +99,10 @@ def merged(value: str | None, network: str, pod_namespace: str) -> str | None:
     body = value.rstrip()[:-1].rstrip()  # drop the closing bracket, keep the author's text
     separator = "" if not refs else ", "
     return f"{body}{separator}{json.dumps(entry)}]"
+
+
+# A pure function of strings; an invalid value raises every time (exceptions are not cached).
+_merged_remembered = functools.lru_cache(maxsize=256)(_merged)
 
 
 def contains(value: str | None, network: str, pod_namespace: str) -> bool:

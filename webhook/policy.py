@@ -12,11 +12,10 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import yaml
 
 from . import multus, templates
@@ -103,11 +102,12 @@ class Policy:
     validation_init_container: bool
     plugin_supports_native_sidecars: bool
     sidecar_native: bool
-    # Effective templates as JSON, so each request decodes fresh objects it may own.
-    proxy_json: bytes = field(repr=False)
-    init_json: bytes = field(repr=False)
-    validation_json: bytes = field(repr=False)
-    volumes_json: bytes = field(repr=False)
+    # The effective templates, read-only (templates.freeze): every request shares them and
+    # copies only what it changes. They derive from `document`, which `version` identifies.
+    proxy_template: Mapping[str, Any] = field(repr=False, compare=False)
+    init_template: Mapping[str, Any] = field(repr=False, compare=False)
+    validation_template: Mapping[str, Any] = field(repr=False, compare=False)
+    volumes_template: Sequence[Mapping[str, Any]] = field(repr=False, compare=False)
     proxy_uid: int
     warnings: tuple[str, ...] = ()
 
@@ -437,10 +437,10 @@ def _compile_injection(c: _Checker, doc: dict[str, Any], gated: CapabilitySet) -
             cni, "pluginSupportsNativeSidecars", "cni.pluginSupportsNativeSidecars", bool, False
         ),
         "sidecar_native": c.typed(sidecar, "native", "sidecar.native", bool, False),
-        "proxy_json": orjson.dumps(proxy),
-        "init_json": orjson.dumps(init_container),
-        "validation_json": orjson.dumps(validation),
-        "volumes_json": orjson.dumps(volumes),
+        "proxy_template": templates.freeze(proxy),
+        "init_template": templates.freeze(init_container),
+        "validation_template": templates.freeze(validation),
+        "volumes_template": templates.freeze(volumes),
         "proxy_uid": uid,
     }
 

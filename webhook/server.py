@@ -47,6 +47,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from . import logs
 from .certs import TLS_CERT_FILE, TLS_KEY_FILE
 
 if TYPE_CHECKING:
@@ -427,6 +428,8 @@ class Server(uvicorn.Server):
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+            # The last requests' log lines wait for a turn of the loop that may not come.
+            logs.lines.flush()
 
     async def _watch_certificate(self) -> None:
         while True:

@@ -167,6 +167,41 @@ DEFAULT_VALIDATION: dict[str, Any] = {
 }
 
 
+def _read_only(self: object, *args: object, **kwargs: object) -> None:
+    raise TypeError("a compiled template is shared by every request: copy it before changing")
+
+
+class FrozenDict(dict[str, Any]):
+    """A map of a compiled template. Templates are built once per policy and shared by
+    every request, which copies only the levels it changes; a change in place would leak
+    into every later pod, so it raises instead. Copies (copy, deepcopy, pickle) are plain."""
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    setdefault = update = pop = popitem = clear = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A list of a compiled template (see FrozenDict)."""
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only  # type: ignore[assignment]
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep copy of a JSON value (maps and lists; scalars are immutable)."""
+    if isinstance(value, dict):
+        return FrozenDict((k, freeze(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return FrozenList(freeze(v) for v in value)
+    return value
+
+
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """`override` merged over `base`, returning new objects (neither input is changed).
 
