@@ -25,8 +25,8 @@ run: $(VENV)/.installed
 	$(BIN)/meshgate serve --dev --cert-dir $(CERT_DIR) --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check webhook tests
-	$(BIN)/mypy webhook
+	$(BIN)/ruff check webhook tests bench soak
+	$(BIN)/mypy webhook bench soak
 
 test: lint
 	$(BIN)/pytest -q

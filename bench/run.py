@@ -3,13 +3,16 @@
 1. Writes the request bodies (bench/bodies.py), a namespaces file and dev certificates
    into a scratch directory.
 2. Starts the floor (bench/floor.py) and `meshgate serve --dev --namespaces-file ...` with
-   default settings (per-request log line and metrics on; its log goes to a file).
-3. Checks that each body gets the intended answer from both (uid, allowed, patch or not).
+   default settings (per-request log line and metrics on; its log goes to a file), and the
+   same command without the judging (bench/edge.py) for the "Where the time goes" table.
+3. Checks that each body gets the intended answer from each (uid, allowed, patch or not).
 4. Memory: drives the injecting pod at meshgate until it has answered 10,000 requests, reads
    VmRSS, then until 100,000, reads VmRSS again.
 5. One warm-up pass, then several rounds; in each round every cell (body × concurrency) is
    run on both servers back to back, the order alternating from round to round. wrk: one
    thread, keep-alive, TLS, fixed concurrency. The report takes the median of the rounds.
+   Each server's CPU time per request is read from /proc around every run, and `admit`
+   alone is timed in this process at the end.
 6. Writes bench/results.md (tables, targets with PASS/FAIL, machine, command) and
    bench/latency-vs-size.png.
 
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import math
 import os
@@ -36,7 +40,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import IO
@@ -46,6 +50,7 @@ import orjson
 from bench import bodies as bodies_module
 from bench.bodies import Body
 from webhook import certs
+from webhook.admission import admit, parse_review
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,6 +59,7 @@ HOST = "127.0.0.1"
 
 FLOOR = "floor"
 MESHGATE = "meshgate"
+EDGE = "edge"  # meshgate without its judging (bench/edge.py)
 
 MAIN_CONCURRENCY = 16
 SIZING_CONCURRENCIES = (1, 16, 64)
@@ -61,6 +67,7 @@ INJECT = "inject-cni"
 VALIDATE = "validate"
 MAIN_BODIES = ("inject-cni", "inject-init", "skip", "deny", "validate")
 SIZE_BODIES = ("inject-cni", "env-150", "env-1500", "env-15000")  # the chart, at c=1
+EDGE_BODIES = ("inject-cni", "validate")  # one per endpoint, at c=16 (see bench/edge.py)
 
 # The issue's targets.
 MUTATE_THROUGHPUT_MIN = 0.6
@@ -88,10 +95,16 @@ class WrkResult:
     p99_ms: float
     mean_ms: float
     errors: int  # socket errors (connect, read, write, timeout) plus HTTP statuses > 399
+    server_cpu_s: float = 0.0  # CPU time the server process used during the run
 
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU time per request answered, in µs."""
+        return self.server_cpu_s / self.requests * 1e6 if self.requests else 0.0
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -129,6 +142,7 @@ class Summary:
     p99_ms: float
     errors: int
     rounds: tuple[WrkResult, ...]
+    cpu_us: float = 0.0  # server CPU time per request
 
 
 def summarize(rounds: Sequence[WrkResult]) -> Summary:
@@ -140,6 +154,7 @@ def summarize(rounds: Sequence[WrkResult]) -> Summary:
         p99_ms=statistics.median(r.p99_ms for r in rounds),
         errors=sum(r.errors for r in rounds),
         rounds=tuple(rounds),
+        cpu_us=statistics.median(r.cpu_us for r in rounds),
     )
 
 
@@ -162,6 +177,11 @@ class Comparison:
     def overhead_ms(self) -> float:
         """What meshgate adds to the floor's median latency."""
         return self.meshgate.p50_ms - self.floor.p50_ms
+
+    def cpu_allowed_us(self, throughput_ratio: float) -> float:
+        """meshgate's CPU time per request at which a server that is CPU-bound, as both
+        are at c=16, keeps `throughput_ratio` of the floor's throughput."""
+        return self.floor.cpu_us / throughput_ratio
 
 
 def ratio(value: float, reference: float) -> float:
@@ -420,7 +440,7 @@ def check_answers(servers: Sequence[Server], all_bodies: Sequence[Body]) -> None
             problems = []
             if response.get("uid") != body.review["request"]["uid"]:
                 problems.append("uid not echoed")
-            if server.name == MESHGATE:
+            if server.name in (MESHGATE, EDGE):
                 if response.get("allowed") is not body.expect_allowed:
                     problems.append(f"allowed={response.get('allowed')}")
                 if ("patch" in response) is not body.expect_patch:
@@ -478,6 +498,8 @@ class Report:
     elapsed_s: float
     other_cores: float = 0.0  # CPU taken by other processes during the run, on average
     steal_cores: float = 0.0
+    judging_us: dict[str, float] = field(default_factory=dict)  # see judging_time()
+    edge: dict[str, Summary] = field(default_factory=dict)  # EDGE_BODIES at c=16
 
 
 PACKAGES = ("uvicorn", "fastapi", "starlette", "orjson", "uvloop", "httptools")
@@ -549,11 +571,16 @@ class Load:
 
     def drive(self, server: Server, cell: Cell, seconds: int) -> WrkResult:
         body = self.bodies[cell.body]
-        return run_wrk(self.wrk, server, body, self.paths[cell.body], cell.concurrency, seconds)
+        before = process_cpu_seconds(server.stat(), CPUAccount.ticks)
+        result = run_wrk(self.wrk, server, body, self.paths[cell.body], cell.concurrency,
+                         seconds)  # fmt: skip
+        used = process_cpu_seconds(server.stat(), CPUAccount.ticks) - before
+        return dataclasses.replace(result, server_cpu_s=used)
 
 
-def start_servers(stack: ExitStack, work: Path) -> tuple[Server, Server]:
-    """The floor and meshgate on free ports, ready; both stop when `stack` closes."""
+def start_servers(stack: ExitStack, work: Path) -> tuple[Server, Server, Server]:
+    """The floor, meshgate and meshgate without its judging (bench/edge.py) on free ports,
+    ready; they stop when `stack` closes."""
     cert_dir = work / "certs"
     certs.ensure_dev_certs(cert_dir)
     client = ssl.create_default_context(cafile=str(cert_dir / certs.CA_CERT_FILE))
@@ -570,29 +597,21 @@ def start_servers(stack: ExitStack, work: Path) -> tuple[Server, Server]:
         "/",
     )
     stack.callback(floor.stop)
-    port = free_port()
-    meshgate_bin = str(Path(sys.executable).with_name("meshgate"))
-    meshgate = Server(
-        MESHGATE,
-        [
-            meshgate_bin,
-            "serve",
-            "--dev",
-            *tls,
-            "--port",
-            str(port),
-            "--namespaces-file",
-            str(namespaces),
-        ],
-        port,
-        work / "meshgate.log",
-        client,
-        "/readyz",
-    )
-    stack.callback(meshgate.stop)
-    floor.wait_ready()
-    meshgate.wait_ready()
-    return floor, meshgate
+    serve = ["serve", "--dev", *tls, "--namespaces-file", str(namespaces), "--port"]
+    servers = [floor]
+    for name, program in (
+        (MESHGATE, [str(Path(sys.executable).with_name("meshgate"))]),
+        (EDGE, [sys.executable, "-m", "bench.edge"]),
+    ):
+        port = free_port()
+        server = Server(name, [*program, *serve, str(port)], port, work / f"{name}.log",
+                        client, "/readyz")  # fmt: skip
+        stack.callback(server.stop)
+        servers.append(server)
+    for server in servers:
+        server.wait_ready()
+    floor, meshgate, edge = servers
+    return floor, meshgate, edge
 
 
 def serve_until(
@@ -625,26 +644,31 @@ def measure_memory(load: Load, meshgate: Server) -> tuple[list[int], list[int]]:
 
 
 def measure_rounds(
-    load: Load, floor: Server, meshgate: Server, args: argparse.Namespace
-) -> dict[tuple[str, int], Comparison]:
+    load: Load, floor: Server, meshgate: Server, edge: Server, args: argparse.Namespace
+) -> tuple[dict[tuple[str, int], Comparison], dict[str, Summary]]:
     """A warm-up pass, then the rounds: every cell on both servers, back to back, in an
-    order that alternates from round to round."""
+    order that alternates from round to round; after each EDGE_BODIES cell, the edge
+    server on it too. Returns the comparisons and the edge server's summaries by body."""
     todo = cells()
-    runs = len(todo) * 2
+    runs = len(todo) * 2 + len(EDGE_BODIES)
     minutes = runs * (args.warmup + args.rounds * args.duration) / 60
     print(
         f"{runs} runs per round: warm-up {args.warmup} s each, then {args.rounds} rounds "
         f"of {args.duration} s each, about {minutes:.1f} min",
         flush=True,
     )
+    def servers(cell: Cell, order: tuple[Server, ...]) -> tuple[Server, ...]:
+        with_edge = cell.body in EDGE_BODIES and cell.concurrency == MAIN_CONCURRENCY
+        return (*order, edge) if with_edge else order
+
     for cell in todo:
-        for server in (floor, meshgate):
+        for server in servers(cell, (floor, meshgate)):
             load.drive(server, cell, args.warmup)
     measured: dict[tuple[Cell, str], list[WrkResult]] = {}
     for r in range(args.rounds):
         order = (floor, meshgate) if r % 2 == 0 else (meshgate, floor)
         for cell in todo:
-            for server in order:
+            for server in servers(cell, order):
                 result = load.drive(server, cell, args.duration)
                 measured.setdefault((cell, server.name), []).append(result)
                 errors = f"  {result.errors} errors" if result.errors else ""
@@ -654,12 +678,32 @@ def measure_rounds(
                     f"  p99 {result.p99_ms:7.2f} ms{errors}",
                     flush=True,
                 )
-    return {
+    comparisons = {
         (c.body, c.concurrency): Comparison(
             summarize(measured[(c, FLOOR)]), summarize(measured[(c, MESHGATE)])
         )
         for c in todo
     }
+    edges = {b: summarize(measured[(Cell(b, MAIN_CONCURRENCY), EDGE)]) for b in EDGE_BODIES}
+    return comparisons, edges
+
+
+def judging_time(body: Body, repeats: int = 5, calls: int = 2_000) -> float:
+    """µs per call of `admit` on `body`, in this process, against the benchmarked server's
+    policy and namespaces: the judging alone, without HTTP, TLS or the JSON parse (each
+    call gets a freshly parsed review, as a request does). The median of `repeats` means."""
+    raw = body.encode()
+    context = bodies_module.context()
+    means = []
+    for _ in range(repeats):
+        spent = 0.0
+        for _ in range(calls):
+            request = parse_review(raw)
+            started = time.perf_counter()
+            admit(request, body.endpoint, context)
+            spent += time.perf_counter() - started
+        means.append(spent / calls * 1e6)
+    return statistics.median(means)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -677,16 +721,18 @@ def run(args: argparse.Namespace) -> Report:
             stack.callback(shutil.rmtree, work, ignore_errors=True)
         paths = bodies_module.write(all_bodies, work / "bodies")
         load = Load(wrk, {b.name: b for b in all_bodies}, paths)
-        floor, meshgate = start_servers(stack, work)
+        floor, meshgate, edge = start_servers(stack, work)
         check_answers((floor, meshgate), all_bodies)
-        print("answers checked: every body gets the intended answer from both servers")
+        check_answers((edge,), [load.bodies[name] for name in EDGE_BODIES])
+        print("answers checked: every body gets the intended answer from each server")
         rss_kb, served = measure_memory(load, meshgate)
-        results = measure_rounds(load, floor, meshgate, args)
+        results, edges = measure_rounds(load, floor, meshgate, edge, args)
         if meshgate.process.poll() is not None:
             raise RuntimeError(f"meshgate exited during the run:\n{meshgate.log_tail()}")
         peak = status_kb(meshgate.status(), "VmHWM")
         total = metrics_total(meshgate.call("GET", "/metrics")[1].decode())
-        other_cores, steal_cores = cpu.others((floor, meshgate))
+        other_cores, steal_cores = cpu.others((floor, meshgate, edge))
+    judging = {name: judging_time(load.bodies[name]) for name in MAIN_BODIES}
     return Report(
         results=results,
         bodies=dict(load.bodies),
@@ -701,6 +747,8 @@ def run(args: argparse.Namespace) -> Report:
         elapsed_s=time.monotonic() - started,
         other_cores=other_cores,
         steal_cores=steal_cores,
+        judging_us=judging,
+        edge=edges,
     )
 
 
@@ -760,6 +808,38 @@ def render(report: Report) -> str:
         )
     add("")
 
+    add(f"## Where the time goes (c={MAIN_CONCURRENCY})\n")
+    add(
+        "At this concurrency both servers are CPU-bound on one core, so throughput follows "
+        "CPU time per request. *CPU* is a server's user + system time during each wrk run "
+        "divided by the requests it answered (medians of the rounds). *Allowed* is the CPU "
+        "time per request at which meshgate would meet its throughput target. *Without "
+        "judging* is meshgate with `admit` run once per endpoint and its outcome repeated "
+        "(bench/edge.py): everything meshgate does per request except the decision, the "
+        "gate and the patch building. *Judging* is `admit` alone, timed in the benchmark's "
+        "own process on the same bodies, policy and namespaces (no HTTP, TLS or JSON parse; "
+        "in a server, with colder CPU caches, the same code takes longer).\n"
+    )
+    add(
+        "| request | floor CPU µs/req | meshgate CPU µs/req | allowed | without judging: "
+        "CPU µs/req | without judging: throughput ratio | judging µs (in-process) |"
+    )
+    add("|---|--:|--:|--:|--:|--:|--:|")
+    targets = {INJECT: MUTATE_THROUGHPUT_MIN, VALIDATE: VALIDATE_THROUGHPUT_MIN}
+    for name in MAIN_BODIES:
+        c = res[(name, MAIN_CONCURRENCY)]
+        allowed = f"{c.cpu_allowed_us(targets[name]):.0f}" if name in targets else "–"
+        edge = report.edge.get(name)
+        edged = (
+            f"{edge.cpu_us:.0f} | {ratio(edge.rps, c.floor.rps):.2f}" if edge else "– | –"
+        )
+        judged = report.judging_us.get(name)
+        add(
+            f"| `{name}` | {c.floor.cpu_us:.0f} | {c.meshgate.cpu_us:.0f} | {allowed} | "
+            f"{edged} | " + (f"{judged:.0f} |" if judged is not None else "– |")
+        )
+    add("")
+
     add("## Pod size at c=1 (/mutate, cni namespace, injecting)\n")
     add(
         "| pod | containers | env vars | body | floor p50 | meshgate p50 | meshgate − floor | "
@@ -811,13 +891,16 @@ def render(report: Report) -> str:
     add("## Every round (req/s; p50 ms)\n")
     add("| cell | server | " + " | ".join(f"round {i + 1}" for i in range(report.rounds)) + " |")
     add("|---|---|" + "--:|" * report.rounds)
-    for (name, conc), c in res.items():
-        for server, summary in ((FLOOR, c.floor), (MESHGATE, c.meshgate)):
-            add(
-                f"| `{name}` c={conc} | {server} | "
-                + " | ".join(f"{r.rps:,.0f}; {r.p50_ms:.2f}" for r in summary.rounds)
-                + " |"
-            )
+    rows = [(f"`{name}` c={conc}", server, summary) for (name, conc), c in res.items()
+            for server, summary in ((FLOOR, c.floor), (MESHGATE, c.meshgate))]  # fmt: skip
+    rows += [(f"`{name}` c={MAIN_CONCURRENCY}", "meshgate without judging", summary)
+             for name, summary in report.edge.items()]  # fmt: skip
+    for cell, server, summary in rows:
+        add(
+            f"| {cell} | {server} | "
+            + " | ".join(f"{r.rps:,.0f}; {r.p50_ms:.2f}" for r in summary.rounds)
+            + " |"
+        )
     add("")
     return "\n".join(out)
 

@@ -821,7 +821,7 @@ def fake_api_class() -> Any:
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    from fakeapi import FakeAPIServer
+    from fakeapi import FakeAPIServer  # type: ignore[import-not-found]  # tests/, on the path above
 
     return FakeAPIServer
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, floor, run  # noqa: E402
+from bench import bodies, edge, floor, run  # noqa: E402
 from webhook.admission import admit, parse_review  # noqa: E402
 from webhook.namespaces import parse_namespaces  # noqa: E402
 
@@ -227,6 +228,47 @@ def test_summarize_takes_medians_and_sums_errors():
         run.summarize([])
 
 
+def test_server_cpu_is_counted_per_request_and_summarized_by_median():
+    runs = [dataclasses.replace(_result(1000, 1.0), server_cpu_s=cpu) for cpu in (0.1, 0.3, 0.2)]
+    assert [r.cpu_us for r in runs] == pytest.approx([50.0, 150.0, 100.0])  # 2,000 requests
+    assert run.summarize(runs).cpu_us == pytest.approx(100.0)
+    assert run.WrkResult(0, 2.0, 1.0, 1.0, 1.0, 0, server_cpu_s=0.5).cpu_us == 0.0
+
+
+def test_cpu_allowed_by_a_throughput_target():
+    floor = dataclasses.replace(_result(1000, 1.0), server_cpu_s=0.12)  # 60 µs a request
+    c = run.Comparison(run.summarize([floor]), run.summarize([_result(600, 1.5)]))
+    assert c.cpu_allowed_us(0.6) == pytest.approx(100.0)
+
+
+def test_the_edge_server_judges_once_per_endpoint_and_echoes_each_uid(all_bodies):
+    calls = []
+
+    def admit_counting(request, endpoint, context):
+        calls.append(endpoint)
+        return admit(request, endpoint, context)
+
+    repeat = edge.judged_once(admit_counting)
+    context = bodies.context()
+    for name, endpoint in (("inject-cni", "mutate"), ("validate", "validate")):
+        body = all_bodies[name]
+        first = repeat(parse_review(body.encode()), endpoint, context)
+        again = copy.deepcopy(body.review)
+        again["request"]["uid"] = "another-uid"
+        later = repeat(parse_review(orjson.dumps(again)), endpoint, context)
+        assert later.review["response"]["uid"] == "another-uid"
+        assert first.review["response"]["uid"] == body.review["request"]["uid"]
+        rest = {k: v for k, v in later.review["response"].items() if k != "uid"}
+        assert rest == {k: v for k, v in first.review["response"].items() if k != "uid"}
+        assert later.decision == first.decision
+    assert calls == ["mutate", "validate"]
+
+
+def test_judging_time_times_admit_alone(all_bodies):
+    spent = run.judging_time(all_bodies["inject-cni"], repeats=1, calls=20)
+    assert 0 < spent < 100_000
+
+
 def test_comparison_ratios_and_overhead():
     c = run.Comparison(run.summarize([_result(1000, 1.0)]), run.summarize([_result(600, 1.5)]))
     assert c.throughput_ratio == pytest.approx(0.6)
@@ -317,12 +359,21 @@ def test_render_reports_every_table_and_verdict(all_bodies):
         rounds=1,
         seconds=3,
         elapsed_s=300.0,
+        judging_us={"inject-cni": 87.4, "validate": 33.2},
+        edge={"inject-cni": run.summarize([_result(750, 1.2)]),
+              "validate": run.summarize([_result(800, 1.1)])},
     )
     text = run.render(report)
     assert text.count("**FAIL**") == 2 and text.count("**PASS**") == 5
-    for heading in ("## Targets", "## Request kinds at c=16", "## Pod size at c=1",
-                    "## Sizing", "## Memory", "## Machine", "## Every round"):  # fmt: skip
+    for heading in ("## Targets", "## Request kinds at c=16", "## Where the time goes",
+                    "## Pod size at c=1", "## Sizing", "## Memory", "## Machine",
+                    "## Every round"):  # fmt: skip
         assert heading in text
+    where = text.split("## Where the time goes")[1].split("##")[0]
+    assert "| `inject-cni` |" in where and "| 87 |" in where and "| 33 |" in where
+    assert "| 0.75 |" in where  # without judging: 750 of the floor's 1,000 req/s
+    assert "| `skip` |" in where and where.count("– |") >= 3  # no target, no judging figure
+    assert "| `validate` c=16 | meshgate without judging | 800; 1.10 |" in text
     assert "Test CPU" in text and "`make bench`" in text
     assert "VmRSS after 100,400 requests" in text
 
