@@ -359,7 +359,7 @@ def test_render_reports_every_table_and_verdict(all_bodies):
         rounds=1,
         seconds=3,
         elapsed_s=300.0,
-        judging_us={"inject-cni": 87.4, "validate": 33.2},
+        judging_us={"inject-cni": 87.4, "validate": 33.2, "env-15000": 1480.2},
         edge={"inject-cni": run.summarize([_result(750, 1.2)]),
               "validate": run.summarize([_result(800, 1.1)])},
     )
@@ -374,6 +374,8 @@ def test_render_reports_every_table_and_verdict(all_bodies):
     assert "| 0.75 |" in where  # without judging: 750 of the floor's 1,000 req/s
     assert "| `skip` |" in where and where.count("– |") >= 3  # no target, no judging figure
     assert "| `validate` c=16 | meshgate without judging | 800; 1.10 |" in text
+    sizes = text.split("## Pod size")[1].split("##")[0]
+    assert sizes.count("| 1,480 |") == 1 and sizes.count("– |") == 2  # env-150, env-1500
     assert "Test CPU" in text and "`make bench`" in text
     assert "VmRSS after 100,400 requests" in text
 
