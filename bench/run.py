@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -328,6 +328,24 @@ def cells() -> list[Cell]:
     return list(dict.fromkeys(wanted))
 
 
+def cpu_plan(usable: set[int]) -> tuple[int | None, int | None]:
+    """(the servers' CPU, wrk's CPU): different ones when there are two or more, so the
+    scheduler cannot run the server under test and the load generator on one core in some
+    runs and on two in others (which halves a run's throughput at random); none with one."""
+    cpus = sorted(usable)
+    return (cpus[-1], cpus[0]) if len(cpus) >= 2 else (None, None)
+
+
+SERVER_CPU, LOAD_CPU = cpu_plan(os.sched_getaffinity(0))
+
+
+def pinned(cpu: int | None) -> Callable[[], None] | None:
+    """A preexec_fn binding the child (and every thread it starts) to `cpu`."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -351,7 +369,8 @@ class Server:
         self.client = client
         self.ready_path = ready_path
         self._log: IO[bytes] = log_path.open("wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=self._log)
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=self._log,
+                                        preexec_fn=pinned(SERVER_CPU))  # fmt: skip
 
     def url(self, path: str) -> str:
         return f"https://{HOST}:{self.port}{path}"
@@ -421,7 +440,8 @@ def run_wrk(
         "--",
         str(path),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          preexec_fn=pinned(LOAD_CPU))  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     return parse_wrk(done.stdout)
@@ -546,6 +566,11 @@ def machine(packages: tuple[str, ...] = PACKAGES, *, wrk: bool = True) -> dict[s
         "Packages": ", ".join(versions),
     }
     if wrk:
+        description["CPU binding"] = (
+            f"servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}"
+            if SERVER_CPU is not None
+            else "none (one usable CPU)"
+        )
         found = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
         version = (found.stdout or found.stderr or "?").splitlines()[0].split(" Copyright")[0]
         description["wrk"] = version.strip()

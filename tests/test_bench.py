@@ -264,6 +264,13 @@ def test_the_edge_server_judges_once_per_endpoint_and_echoes_each_uid(all_bodies
     assert calls == ["mutate", "validate"]
 
 
+def test_servers_and_wrk_get_different_cpus_when_there_are_two():
+    assert run.cpu_plan({0, 1}) == (1, 0)
+    assert run.cpu_plan({2, 5, 7}) == (7, 2)
+    assert run.cpu_plan({3}) == (None, None)
+    assert run.pinned(None) is None
+
+
 def test_judging_time_times_admit_alone(all_bodies):
     spent = run.judging_time(all_bodies["inject-cni"], repeats=1, calls=20)
     assert 0 < spent < 100_000
