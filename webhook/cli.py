@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -103,11 +104,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy, source = _policy(args.policy)
         runtime.set_policy(policy, source)
     host = args.host or ("127.0.0.1" if args.dev else "0.0.0.0")
+    # What exists by now (modules, clients, the policy) lives as long as the process. Out of
+    # the garbage collector's sight, the full collections that a large pod's many new
+    # objects set off walk only what requests made, not the whole heap: milliseconds less
+    # per request on a 1 MB pod.
+    gc.collect()
+    gc.freeze()
     log.info(
         "serving",
         extra={"url": f"https://{host}:{args.port}", "namespace": runtime.own_namespace,
                "policySource": runtime.policy_source or "ConfigMap (watching)",
-               "cluster": bool(watchers)},
+               "cluster": bool(watchers), "gcFrozenObjects": gc.get_freeze_count()},
     )  # fmt: skip
     # SIGTERM starts the drain (server.py: not ready, still answering, then a graceful
     # stop). uvicorn raises a signal it stopped on again once it has stopped, as if it had
