@@ -12,7 +12,7 @@
    run on both servers back to back, the order alternating from round to round. wrk: one
    thread, keep-alive, TLS, fixed concurrency. The report takes the median of the rounds.
    Each server's CPU time per request is read from /proc around every run, and `admit`
-   alone is timed in this process at the end.
+   alone is timed at the end, in a fresh process (bench/judging.py).
 6. Writes bench/results.md (tables, targets with PASS/FAIL, machine, command) and
    bench/latency-vs-size.png.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import http.client
 import math
 import os
@@ -51,7 +50,6 @@ import orjson
 from bench import bodies as bodies_module
 from bench.bodies import Body
 from webhook import certs
-from webhook.admission import admit, parse_review
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -519,7 +517,7 @@ class Report:
     elapsed_s: float
     other_cores: float = 0.0  # CPU taken by other processes during the run, on average
     steal_cores: float = 0.0
-    judging_us: dict[str, float] = field(default_factory=dict)  # see judging_time()
+    judging_us: dict[str, float] = field(default_factory=dict)  # bench/judging.py
     edge: dict[str, Summary] = field(default_factory=dict)  # EDGE_BODIES at c=16
 
 
@@ -714,34 +712,16 @@ def measure_rounds(
     return comparisons, edges
 
 
-def judging_time(body: Body, repeats: int = 5, calls: int | None = None) -> float:
-    """µs per call of `admit` on `body`, in this process, against the benchmarked server's
-    policy and namespaces: the judging alone, without HTTP, TLS or the JSON parse (each
-    call gets a freshly parsed review, as a request does). The median of `repeats` means,
-    after an untimed pass (the interpreter specializes hot code on its first calls), with
-    this process's heap frozen out of the garbage collector's sight as `meshgate serve`
-    freezes its own (this process holds every body, parsed, which collections would walk)."""
-    raw = body.encode()
-    if calls is None:  # about as much parsing per repeat as 2,000 calls on a 4 KiB pod
-        calls = max(20, 2_000 * 4096 // len(raw))
-    context = bodies_module.context()
-    gc.collect()
-    gc.freeze()
-    try:
-        for _ in range(calls):
-            admit(parse_review(raw), body.endpoint, context)
-        means = []
-        for _ in range(repeats):
-            spent = 0.0
-            for _ in range(calls):
-                request = parse_review(raw)
-                started = time.perf_counter()
-                admit(request, body.endpoint, context)
-                spent += time.perf_counter() - started
-            means.append(spent / calls * 1e6)
-    finally:
-        gc.unfreeze()
-    return statistics.median(means)
+def measure_judging(names: Sequence[str]) -> dict[str, float]:
+    """`admit` alone on each named body, µs per call (bench/judging.py), in a fresh process
+    bound to the servers' CPU: the driver's own heap, after a run, would slow it down."""
+    done = subprocess.run([sys.executable, "-m", "bench.judging", *names], cwd=ROOT,
+                          capture_output=True, text=True, check=False,
+                          preexec_fn=pinned(SERVER_CPU))  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.judging failed ({done.returncode}): {done.stderr}")
+    timed: dict[str, float] = orjson.loads(done.stdout)
+    return timed
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -770,8 +750,7 @@ def run(args: argparse.Namespace) -> Report:
         peak = status_kb(meshgate.status(), "VmHWM")
         total = metrics_total(meshgate.call("GET", "/metrics")[1].decode())
         other_cores, steal_cores = cpu.others((floor, meshgate, edge))
-    judging = {name: judging_time(load.bodies[name])
-               for name in dict.fromkeys((*MAIN_BODIES, *SIZE_BODIES))}  # fmt: skip
+    judging = measure_judging(list(dict.fromkeys((*MAIN_BODIES, *SIZE_BODIES))))
     return Report(
         results=results,
         bodies=dict(load.bodies),

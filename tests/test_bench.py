@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import gc
 import re
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import bodies, edge, floor, run  # noqa: E402
+from bench import bodies, edge, floor, judging, run  # noqa: E402
 from webhook.admission import admit, parse_review  # noqa: E402
 from webhook.namespaces import parse_namespaces  # noqa: E402
 
@@ -272,8 +273,17 @@ def test_servers_and_wrk_get_different_cpus_when_there_are_two():
 
 
 def test_judging_time_times_admit_alone(all_bodies):
-    spent = run.judging_time(all_bodies["inject-cni"], repeats=1, calls=20)
+    spent = judging.judging_time(all_bodies["inject-cni"], repeats=1, calls=20)
     assert 0 < spent < 100_000
+    assert not gc.isenabled() or gc.get_freeze_count() == 0  # the freeze is undone
+
+
+def test_the_judging_command_prints_json_and_refuses_unknown_bodies(capsys):
+    assert judging.main(["skip"]) == 0
+    printed = orjson.loads(capsys.readouterr().out)
+    assert list(printed) == ["skip"] and printed["skip"] > 0
+    assert judging.main(["no-such-body"]) == 2
+    assert "unknown bodies: no-such-body" in capsys.readouterr().err
 
 
 def test_comparison_ratios_and_overhead():
