@@ -839,9 +839,9 @@ def render(report: Report) -> str:
         "time per request at which meshgate would meet its throughput target. *Without "
         "judging* is meshgate with `admit` run once per endpoint and its outcome repeated "
         "(bench/edge.py): everything meshgate does per request except the decision, the "
-        "gate and the patch building. *Judging* is `admit` alone, timed in the benchmark's "
-        "own process on the same bodies, policy and namespaces (no HTTP, TLS or JSON parse; "
-        "in a server, with colder CPU caches, the same code takes longer).\n"
+        "gate and the patch building. *Judging* is `admit` alone, timed in a fresh process "
+        "(bench/judging.py) on the same bodies, policy and namespaces (no HTTP, TLS or JSON "
+        "parse; in a server, with colder CPU caches, the same code takes longer).\n"
     )
     add(
         "| request | floor CPU µs/req | meshgate CPU µs/req | allowed | without judging: "
@@ -878,7 +878,7 @@ def render(report: Report) -> str:
             + _judging(report, name)
         )
     add(
-        "\n*Judging*: `admit` alone, in-process, as in the table above: the CPU-only view of "
+        "\n*Judging*: `admit` alone, as in the table above: the CPU-only view of "
         "how meshgate's own work grows with the pod (the p50 differences at c=1 also carry "
         "the transport of large bodies, and swing from round to round).\n"
     )
