@@ -876,8 +876,11 @@ def test_shutdown_stops_every_watcher_at_once(
     fake.policy(WARN_TEXT)
     runtime = fake.connect()
     ready(runtime)
-    # The Event writer starts with the first PolicyApplied Event, just after the policy.
+    # The Event writer starts with the first PolicyApplied Event, just after the policy;
+    # that Event is written before the API goes away (else its failure, logged whenever the
+    # write gives up, could fall into the stop below).
     wait_for(lambda: "watch-policy-events" in watch_threads(), "the Event writer")
+    wait_for(lambda: _events(fake, "PolicyApplied"), "the PolicyApplied Event")
     assert sorted(watch_threads()) == [
         "watch-namespaces", "watch-network-attachment-definitions", "watch-policy",
         "watch-policy-events",
