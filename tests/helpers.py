@@ -158,6 +158,27 @@ class ServeProcess:
         return self.log.read_text()
 
 
+class Served(ServeProcess):
+    """A ServeProcess and an HTTPS client trusting the CA in its `cert_dir` (which must
+    hold one when the process starts)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path,
+                 cert_dir: Path) -> None:  # fmt: skip
+        super().__init__(args, env, tmp_path, cert_dir)
+        trust = client_context(cert_dir / certs.CA_CERT_FILE)
+        self.client = httpx.Client(base_url=self.url, verify=trust, timeout=5)
+
+    def readyz(self) -> dict[str, Any] | None:
+        """/readyz's body when it answers 200, else None."""
+        response = self.client.get("/readyz")
+        body: dict[str, Any] = response.json()
+        return body if response.status_code == 200 else None
+
+    def stop(self, timeout: float = 10.0, kill_timeout: float = 10.0) -> int | None:
+        self.client.close()
+        return super().stop(timeout, kill_timeout)
+
+
 # ---------------------------------------------------------------------------------------
 # the real server in a thread
 

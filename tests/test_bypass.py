@@ -52,6 +52,7 @@ from helpers import ServerThread, client_context, make_cert_dir
 from webhook import certs
 from webhook.admission import Context, admit, parse_review
 from webhook.app import Runtime, create_app
+from webhook.namespaces import StaticNamespaces
 from webhook.policy import Policy, compile_policy, default_policy
 
 OWN_NAMESPACE = "meshgate-system"
@@ -66,10 +67,12 @@ ISTIO_STATUS = (
 )
 
 
-class Namespaces:
+class Namespaces(StaticNamespaces):
     """Namespace labels as the cache would give them: every namespace is enforced
     (`istio-injection=enabled`) except "optin" (no labels), and those whose name starts with
-    "ghost", whose labels cannot be read (None: not cached and the GET failed)."""
+    "ghost", whose labels cannot be read (None: not cached and the GET failed). As a
+    source for the Runtime (the HTTPS rows), it is a file's: every name cached, always
+    ready."""
 
     def __call__(self, name: str) -> Mapping[str, str] | None:
         if name.startswith("ghost"):
@@ -77,16 +80,6 @@ class Namespaces:
         if name == "optin":
             return {}
         return dict(ENFORCED)
-
-    # the Runtime's namespace source protocol, for the HTTPS rows
-    def cached(self, name: str) -> bool:
-        return True
-
-    def fetch(self, name: str) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
 
 
 NAMESPACES = Namespaces()

@@ -14,22 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jsonpatch
 import pytest
 import yaml
 from fakeapi import FakeAPIServer
 from helpers import (
-    ServeProcess,
+    Served,
     admission_review,
-    client_context,
     free_port,
     isolated_env,
     make_cert_dir,
     run_meshgate,
 )
 
-from webhook import certs
 from webhook.sources import parse_policy_text
 
 OWN = "meshgate-system"
@@ -53,25 +50,6 @@ def policy_configmap(text: str) -> dict[str, Any]:
 
 def review(namespace: str, uid: str) -> dict[str, Any]:
     return admission_review(POD, uid=uid, namespace=namespace)
-
-
-class Served(ServeProcess):
-    """A `meshgate serve` process, its log file, and an HTTPS client trusting its CA."""
-
-    def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path,
-                 cert_dir: Path) -> None:  # fmt: skip
-        super().__init__(args, env, tmp_path, cert_dir)
-        trust = client_context(cert_dir / certs.CA_CERT_FILE)
-        self.client = httpx.Client(base_url=self.url, verify=trust, timeout=5)
-
-    def readyz(self) -> dict[str, Any] | None:
-        response = self.client.get("/readyz")
-        body: dict[str, Any] = response.json()
-        return body if response.status_code == 200 else None
-
-    def stop(self, timeout: float = 10.0, kill_timeout: float = 10.0) -> int | None:
-        self.client.close()
-        return super().stop(timeout, kill_timeout)
 
 
 @pytest.fixture

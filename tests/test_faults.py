@@ -39,7 +39,7 @@ import orjson
 import pytest
 from fakeapi import FakeAPIServer
 from helpers import (
-    ServeProcess,
+    Served,
     ServerThread,
     admission_review,
     client_context,
@@ -125,22 +125,6 @@ def log_lines(text: str) -> list[dict[str, Any]]:
 # the API server down, at start-up and mid-run, seen from outside the process
 
 
-class Served(ServeProcess):
-    def __init__(self, args: list[str], env: dict[str, str], tmp_path: Path,
-                 cert_dir: Path) -> None:  # fmt: skip
-        super().__init__(args, env, tmp_path, cert_dir)
-        trust = client_context(cert_dir / certs.CA_CERT_FILE)
-        self.client = httpx.Client(base_url=self.url, verify=trust, timeout=5)
-
-    def ready(self) -> dict[str, Any] | None:
-        response = self.client.get("/readyz")
-        return response.json() if response.status_code == 200 else None
-
-    def stop(self, timeout: float = 10.0, kill_timeout: float = 10.0) -> int | None:
-        self.client.close()
-        return super().stop(timeout, kill_timeout)
-
-
 def test_serve_rides_out_the_api_server_down_at_start_up_and_mid_run(
     api: FakeAPIServer, tmp_path: Path, cert_dir: Path
 ) -> None:
@@ -168,7 +152,7 @@ def test_serve_rides_out_the_api_server_down_at_start_up_and_mid_run(
         assert served.process.poll() is None
 
         api.refuse_connections(False)  # it answers: ready with the ConfigMap's policy
-        status = served.wait(served.ready, "/readyz 200 after the outage", timeout=15)
+        status = served.wait(served.readyz, "/readyz 200 after the outage", timeout=15)
         assert status["policy"] == warn
         body, result = answer(served.client.post(
             "/mutate", content=review(PLAIN, "shop", "up-1"), headers=JSON), PLAIN, "up-1")
@@ -185,14 +169,14 @@ def test_serve_rides_out_the_api_server_down_at_start_up_and_mid_run(
         api.upsert("configmaps", {"metadata": {"namespace": OWN, "name": "meshgate-policy"},
                                   "data": {"policy.yaml": AUDIT}})  # fmt: skip
         for n in range(10):
-            assert (served.ready() or {}).get("policy") == warn
+            assert (served.readyz() or {}).get("policy") == warn
             uid = f"mid-{n}"
             body, result = answer(served.client.post(
                 "/mutate", content=review(PLAIN, "shop", uid), headers=JSON), PLAIN, uid)
             assert injected(result) and body["auditAnnotations"]["policy"] == warn
 
         api.refuse_connections(False)  # back: the change made meanwhile arrives
-        served.wait(lambda: (served.ready() or {}).get("policy") == audit, "the resync",
+        served.wait(lambda: (served.readyz() or {}).get("policy") == audit, "the resync",
                     timeout=15)  # fmt: skip
     finally:
         code = served.stop()

@@ -60,6 +60,7 @@ from hypothesis import strategies as st
 from webhook.admission import BadRequest, Context, admit, parse_review
 from webhook.app import Runtime, create_app
 from webhook.decision import Namespace, decide, mesh_violations
+from webhook.namespaces import StaticNamespaces
 from webhook.objects import check_pod
 from webhook.policy import Policy, compile_policy, default_policy
 
@@ -112,25 +113,13 @@ CONTAINER_NAMES = ["app", "web", "sidecar", "istio-proxy", "istio-init", "istio-
                    "debug", "app"]  # fmt: skip
 
 
-class Lookup:
+class Lookup(StaticNamespaces):
     """Namespace labels for one example; names starting with "ghost" cannot be read."""
-
-    def __init__(self, labels: Mapping[str, Mapping[str, str]]) -> None:
-        self.labels = dict(labels)
 
     def __call__(self, name: str) -> Mapping[str, str] | None:
         if name.startswith("ghost"):
             return None
-        return self.labels.get(name, {})
-
-    def cached(self, name: str) -> bool:
-        return True
-
-    def fetch(self, name: str) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
+        return super().__call__(name)
 
 
 # ---------------------------------------------------------------------------------------
