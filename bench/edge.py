@@ -14,7 +14,6 @@ Only meaningful when each endpoint is sent one kind of body, as the benchmark do
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,7 +34,12 @@ def judged_once(admit: Admit) -> Admit:
             outcome = first[endpoint] = admit(request, endpoint, context)
         review = outcome.review
         response = {**review["response"], "uid": request["uid"]}
-        return dataclasses.replace(outcome, review={**review, "response": response})
+        # A shallow copy with the new review, made without dataclasses.replace: that one
+        # costs several microseconds a call, which this server would wrongly count as the
+        # edge's (the real path builds its Outcome once, directly).
+        repeated = object.__new__(Outcome)
+        repeated.__dict__.update(outcome.__dict__, review={**review, "response": response})
+        return repeated
 
     return repeat
 

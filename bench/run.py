@@ -839,27 +839,30 @@ def render(report: Report) -> str:
         "time per request at which meshgate would meet its throughput target. *Without "
         "judging* is meshgate with `admit` run once per endpoint and its outcome repeated "
         "(bench/edge.py): everything meshgate does per request except the decision, the "
-        "gate and the patch building. *Judging* is `admit` alone, timed in a fresh process "
-        "(bench/judging.py) on the same bodies, policy and namespaces (no HTTP, TLS or JSON "
-        "parse; in a server, with colder CPU caches, the same code takes longer).\n"
+        "gate and the patch building. *Judging in the server* is the difference of the two "
+        "(meshgate − without judging); *left for judging* is what the target leaves it "
+        "(allowed − without judging). *Judging in-process* is `admit` alone, timed in a "
+        "fresh process (bench/judging.py) on the same bodies, policy and namespaces (no "
+        "HTTP, TLS or JSON parse; in a server, with colder CPU caches, the same code takes "
+        "longer).\n"
     )
     add(
         "| request | floor CPU µs/req | meshgate CPU µs/req | allowed | without judging: "
-        "CPU µs/req | without judging: throughput ratio | judging µs (in-process) |"
+        "CPU µs/req | without judging: throughput ratio | judging in the server µs | left for "
+        "judging µs | judging in-process µs |"
     )
-    add("|---|--:|--:|--:|--:|--:|--:|")
+    add("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     targets = {INJECT: MUTATE_THROUGHPUT_MIN, VALIDATE: VALIDATE_THROUGHPUT_MIN}
     for name in MAIN_BODIES:
         c = res[(name, MAIN_CONCURRENCY)]
-        allowed = f"{c.cpu_allowed_us(targets[name]):.0f}" if name in targets else "–"
+        allowed = c.cpu_allowed_us(targets[name]) if name in targets else None
         edge = report.edge.get(name)
-        edged = (
-            f"{edge.cpu_us:.0f} | {ratio(edge.rps, c.floor.rps):.2f}" if edge else "– | –"
-        )
-        add(
-            f"| `{name}` | {c.floor.cpu_us:.0f} | {c.meshgate.cpu_us:.0f} | {allowed} | "
-            f"{edged} | " + _judging(report, name)
-        )
+        cells = [c.floor.cpu_us, c.meshgate.cpu_us, allowed, edge.cpu_us if edge else None]
+        shown = [f"{v:.0f}" if v is not None else "–" for v in cells]
+        shown.append(f"{ratio(edge.rps, c.floor.rps):.2f}" if edge else "–")
+        shown.append(f"{c.meshgate.cpu_us - edge.cpu_us:.0f}" if edge else "–")
+        shown.append(f"{allowed - edge.cpu_us:.0f}" if edge and allowed is not None else "–")
+        add(f"| `{name}` | " + " | ".join(shown) + " | " + _judging(report, name))
     add("")
 
     add("## Pod size at c=1 (/mutate, cni namespace, injecting)\n")

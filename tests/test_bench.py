@@ -363,9 +363,18 @@ def test_cells_cover_every_figure_once():
     assert {("inject-cni", c) for c in (1, 16, 64)} <= keys
 
 
+def _with_cpu(rps: float, p50: float, cpu_us: float) -> run.Summary:
+    """One round of `rps` over 2 s whose server spent `cpu_us` per request."""
+    result = _result(rps, p50)
+    return run.summarize([dataclasses.replace(result, server_cpu_s=cpu_us * 2 * rps / 1e6)])
+
+
 def test_render_reports_every_table_and_verdict(all_bodies):
+    results = _results(mutate=(200, 5.0))
+    # CPU-bound at c=16: the floor at 60 µs a request, meshgate at 200, without judging 80.
+    results[("inject-cni", 16)] = run.Comparison(_with_cpu(1000, 1.0, 60), _with_cpu(200, 5.0, 200))
     report = run.Report(
-        results=_results(mutate=(200, 5.0)),
+        results=results,
         bodies=all_bodies,
         rss_kb=[90_000, 91_000],
         served=[10_200, 100_400],
@@ -377,7 +386,7 @@ def test_render_reports_every_table_and_verdict(all_bodies):
         seconds=3,
         elapsed_s=300.0,
         judging_us={"inject-cni": 87.4, "validate": 33.2, "env-15000": 1480.2},
-        edge={"inject-cni": run.summarize([_result(750, 1.2)]),
+        edge={"inject-cni": _with_cpu(750, 1.2, 80),
               "validate": run.summarize([_result(800, 1.1)])},
     )
     text = run.render(report)
@@ -387,8 +396,10 @@ def test_render_reports_every_table_and_verdict(all_bodies):
                     "## Every round"):  # fmt: skip
         assert heading in text
     where = text.split("## Where the time goes")[1].split("##")[0]
-    assert "| `inject-cni` |" in where and "| 87 |" in where and "| 33 |" in where
-    assert "| 0.75 |" in where  # without judging: 750 of the floor's 1,000 req/s
+    # allowed 60 / 0.6 = 100; judging in the server 200 - 80; left for judging 100 - 80;
+    # without judging: 750 of the floor's 1,000 req/s.
+    assert "| `inject-cni` | 60 | 200 | 100 | 80 | 0.75 | 120 | 20 | 87 |" in where
+    assert "| 33 |" in where
     assert "| `skip` |" in where and where.count("– |") >= 3  # no target, no judging figure
     assert "| `validate` c=16 | meshgate without judging | 800; 1.10 |" in text
     sizes = text.split("## Pod size")[1].split("##")[0]
