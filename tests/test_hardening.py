@@ -18,10 +18,12 @@ are test_tls.py's; the per-request log lines are test_observability.py's.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -381,6 +383,40 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(
         assert closed is not None
         idle = conn.opened + closed - last
         assert keep_alive - 0.1 <= idle <= keep_alive + SLACK, idle
+
+
+def _protocols(served: Served) -> list[server.GuardedHTTPProtocol]:
+    """The protocol objects of `served`'s connections that are still in memory."""
+    gc.collect()  # a lost connection's objects refer to each other: only a collection frees them
+    state = served.server.server_state
+    return [o for o in gc.get_objects()
+            if isinstance(o, server.GuardedHTTPProtocol) and o.server_state is state]  # fmt: skip
+
+
+def _leave(conn: Conn, how: str) -> None:
+    if how == "reset":  # a TCP reset, as a crashed or killed client sends
+        conn.tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif how == "close_notify":  # a clean TLS close
+        conn.tls.unwrap()
+    conn.close()  # without unwrap(): TCP closed with no TLS close_notify, as wrk does
+
+
+@pytest.mark.parametrize("how", ["close_notify", "no-close-notify", "reset"])
+def test_a_connection_that_is_gone_is_released_at_once(cert_dir: Path, how: str) -> None:
+    """However a client leaves, its connection's memory (the protocol, the transport, the TLS
+    buffers: tens of KB) is freed when the connection is lost, not when an idle timer
+    armed for it fires: otherwise every reconnecting client would hold that much for up
+    to the keep-alive timeout, and a burst of new connections would swell the process."""
+    with serving(cert_dir, keep_alive=30) as served:
+        conns = [served.connect() for _ in range(4)]
+        for i, conn in enumerate(conns):
+            status, _, body = conn.request("POST", "/mutate", review(f"leaving-{i}"))
+            assert answered(status, body, f"leaving-{i}")
+        assert len(_protocols(served)) == 4
+        for conn in conns:
+            _leave(conn, how)
+        wait_for(lambda: served.connections() == 0, "the connections to be lost")
+        wait_for(lambda: not _protocols(served), "the protocols to be freed", timeout=3)
 
 
 # ---------------------------------------------------------------------------------------

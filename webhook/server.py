@@ -266,6 +266,10 @@ class GuardedHTTPProtocol(HttpToolsProtocol):
             self._timer = None
         self._deadline = None
         super().connection_lost(exc)
+        # uvicorn cancels its keep-alive timer only when the connection ends cleanly; after
+        # a reset the timer would keep this protocol, its transport and TLS buffers (tens
+        # of KB) in memory until it fires, KEEP_ALIVE_TIMEOUT later.
+        self._unset_keepalive_if_required()
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
