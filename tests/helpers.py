@@ -7,8 +7,11 @@ needs with `from helpers import ...`, as it does `from fakeapi import FakeAPISer
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import copy
 import io
+import json
 import logging
 import os
 import socket
@@ -23,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import jsonpatch
 
 from webhook import certs, logs
 from webhook.logs import JSONFormatter
@@ -330,6 +334,41 @@ def tls_talk(port: int, context: ssl.SSLContext,
 # admission requests
 
 
+def container(name: str = "app", *add: str, privileged: Any = None, image: str | None = None,
+              context: Any = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """A container `name` adding capabilities `add`, privileged when asked; `context`
+    replaces the whole securityContext (any value, well-formed or not)."""
+    c: dict[str, Any] = {"name": name, "image": image or f"registry.example/{name}:1", **extra}
+    if context is not None:
+        c["securityContext"] = context
+        return c
+    sc: dict[str, Any] = {}
+    if add:
+        sc["capabilities"] = {"add": list(add)}
+    if privileged is not None:
+        sc["privileged"] = privileged
+    if sc:
+        c["securityContext"] = sc
+    return c
+
+
+def workload(group: str, version: str, kind: str, path: tuple[str, ...],
+             template: Any, name: str = "web") -> dict[str, Any]:  # fmt: skip
+    """A workload object of `kind` whose pod template (at `path`) is `template`."""
+    api_version = f"{group}/{version}" if group else version
+    obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind,
+                           "metadata": {"name": name}}  # fmt: skip
+    node = obj
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = template
+    if kind == "CronJob":
+        obj["spec"]["schedule"] = "*/5 * * * *"
+    else:
+        obj["spec"]["selector"] = {"matchLabels": {"app": "web"}}
+    return obj
+
+
 def admission_request(
     obj: Any,
     *,
@@ -371,6 +410,27 @@ def admission_review(obj: Any, **request: Any) -> dict[str, Any]:
     """An AdmissionReview (v1) whose request is admission_request(obj, **request)."""
     return {"apiVersion": ADMISSION_API, "kind": "AdmissionReview",
             "request": admission_request(obj, **request)}  # fmt: skip
+
+
+def decode_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON Patch an admission response carries, checked as the API server reads it:
+    patchType JSONPatch, strict base64, a non-empty list of operations on absolute paths,
+    none but the verbs meshgate writes."""
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"], validate=True))
+    assert isinstance(ops, list) and ops
+    for op in ops:
+        assert op["op"] in ("add", "remove", "replace")
+        assert isinstance(op["path"], str) and op["path"].startswith("/")
+    return ops
+
+
+def patched(obj: Any, response: dict[str, Any]) -> Any:
+    """A copy of `obj` with the response's patch applied, as the API server would store it
+    (the copy unchanged when the response carries no patch)."""
+    if "patch" not in response:
+        return copy.deepcopy(obj)
+    return jsonpatch.apply_patch(copy.deepcopy(obj), decode_patch(response))
 
 
 @contextlib.contextmanager

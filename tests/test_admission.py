@@ -13,9 +13,9 @@ import json
 import re
 from typing import Any
 
-import jsonpatch
 import orjson
 import pytest
+from helpers import container, decode_patch, patched, workload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,18 +51,6 @@ def ctx(policy: Policy = DENY) -> Context:
 
 # ---------------------------------------------------------------------------------------
 # builders
-
-
-def container(name: str, *add: str, privileged: bool | None = None) -> dict[str, Any]:
-    c: dict[str, Any] = {"name": name, "image": f"example.com/{name}:1"}
-    context: dict[str, Any] = {}
-    if add:
-        context["capabilities"] = {"add": list(add)}
-    if privileged is not None:
-        context["privileged"] = privileged
-    if context:
-        c["securityContext"] = context
-    return c
 
 
 def pod(
@@ -104,22 +92,6 @@ WORKLOADS = [
     ("batch", "v1", "CronJob", ("spec", "jobTemplate", "spec", "template")),
 ]
 WORKLOAD_IDS = [w[2] for w in WORKLOADS]
-
-
-def workload(group: str, version: str, kind: str, path: tuple[str, ...],
-             template: dict[str, Any], name: str = "web") -> dict[str, Any]:  # fmt: skip
-    api_version = f"{group}/{version}" if group else version
-    obj: dict[str, Any] = {"apiVersion": api_version, "kind": kind,
-                           "metadata": {"name": name}}  # fmt: skip
-    node = obj
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = template
-    if kind == "CronJob":
-        obj["spec"]["schedule"] = "*/5 * * * *"
-    else:
-        obj["spec"]["selector"] = {"matchLabels": {"app": "web"}}
-    return obj
 
 
 def request(
@@ -196,18 +168,6 @@ def answer(req: dict[str, Any], endpoint: str, policy: Policy = DENY) -> dict[st
     # Must survive the wire: plain JSON.
     assert json.loads(orjson.dumps(review)) == review
     return response
-
-
-def decode_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"], validate=True))
-    return ops
-
-
-def patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    if "patch" not in response:
-        return copy.deepcopy(obj)
-    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(obj), decode_patch(response))
-    return result
 
 
 def message(response: dict[str, Any]) -> str:

@@ -36,18 +36,17 @@ its own field names and no duplicates. The rows show that meshgate judges what i
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import helpers
 import httpx
-import jsonpatch
 import orjson
 import pytest
-from helpers import ServerThread, client_context, make_cert_dir
+from helpers import ServerThread, client_context, container, make_cert_dir, patched
 
 from webhook import certs
 from webhook.admission import Context, admit, parse_review
@@ -103,22 +102,6 @@ POD_CHOICES = compile_policy({
 
 # ---------------------------------------------------------------------------------------
 # objects and requests, as the API server sends them
-
-
-def container(name: str = "app", *add: str, privileged: Any = None, image: str | None = None,
-              context: Any = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
-    c: dict[str, Any] = {"name": name, "image": image or f"registry.example/{name}:1", **extra}
-    if context is not None:
-        c["securityContext"] = context
-        return c
-    sc: dict[str, Any] = {}
-    if add:
-        sc["capabilities"] = {"add": list(add)}
-    if privileged is not None:
-        sc["privileged"] = privileged
-    if sc:
-        c["securityContext"] = sc
-    return c
 
 
 def pod(*containers: dict[str, Any], init: list[dict[str, Any]] | None = None,
@@ -214,16 +197,8 @@ def template_of(p: dict[str, Any]) -> dict[str, Any]:
 
 def workload(kind: str, path: tuple[str, ...], template: Any, group: str = "apps",
              version: str = "v1") -> dict[str, Any]:  # fmt: skip
-    obj: dict[str, Any] = {"apiVersion": f"{group}/{version}" if group else version,
-                           "kind": kind, "metadata": {"name": "web"}}  # fmt: skip
-    node = obj
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = template
-    if kind == "CronJob":
-        obj["spec"]["schedule"] = "*/5 * * * *"
-    else:
-        obj["spec"]["selector"] = {"matchLabels": {"app": "web"}}
+    obj = helpers.workload(group, version, kind, path, template)
+    if kind != "CronJob":
         obj["spec"]["replicas"] = 2
     return obj
 
@@ -278,20 +253,6 @@ def check_response(response: dict[str, Any], policy: Policy) -> dict[str, Any]:
     return response
 
 
-def decode_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
-    assert response["patchType"] == "JSONPatch"
-    ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"], validate=True))
-    assert ops
-    return ops
-
-
-def apply(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    if "patch" not in response:
-        return copy.deepcopy(obj)
-    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(obj), decode_patch(response))
-    return result
-
-
 @dataclass(frozen=True)
 class Case:
     """One trick. `build` returns the request dict (or a raw AdmissionReview body).
@@ -330,7 +291,7 @@ def verify(case: Case, endpoint: str, response: dict[str, Any], body: bytes) -> 
             assert word in reason, (word, reason)
         if "patch" in response:
             assert endpoint == "mutate"
-            result = apply(obj, response)
+            result = patched(obj, response)
             # meshgate adds, it never takes away what the author wrote
             names = {c["name"] for c in result["spec"]["containers"]}
             assert {c["name"] for c in obj["spec"]["containers"]} <= names
@@ -416,7 +377,7 @@ def later_webhook(change: Callable[[dict[str, Any]], None],
         obj = pod(container("app"))
         first = judge(review_body(request(obj)), "mutate", policy)
         assert first["allowed"] is True and "patch" in first
-        injected = apply(obj, first)
+        injected = patched(obj, first)
         change(injected)
         return request(injected)
 

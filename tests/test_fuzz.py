@@ -40,7 +40,6 @@ the strategies below generate AdmissionReviews directly instead.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import copy
 import functools
@@ -54,6 +53,7 @@ import jsonpatch
 import orjson
 import pytest
 import yaml
+from helpers import decode_patch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -637,15 +637,6 @@ def readable_uid(body: bytes) -> str | None:
     request = review.get("request") if isinstance(review, dict) else None
     uid = request.get("uid") if isinstance(request, dict) else None
     return uid if isinstance(uid, str) and uid else None
-
-
-def decode_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
-    ops = json.loads(base64.b64decode(response["patch"], validate=True))
-    assert isinstance(ops, list) and ops
-    for op in ops:
-        assert op["op"] in ("add", "remove", "replace")
-        assert isinstance(op["path"], str) and op["path"].startswith("/")
-    return ops  # type: ignore[no-any-return]
 
 
 def check_response(response: dict[str, Any], uid: str, endpoint: str, policy: Policy) -> None:

@@ -8,9 +8,7 @@ policy itself (versions, cipher suites, the chain) is tested in test_tls.py.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
-import json
 import logging
 import socket
 import ssl
@@ -20,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonpatch
 import orjson
 import pytest
-from helpers import ServerThread, admission_review, client_context, make_cert_dir, read_response
+from helpers import (
+    ServerThread,
+    admission_review,
+    client_context,
+    make_cert_dir,
+    patched,
+    read_response,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook import certs
@@ -124,12 +128,6 @@ def check_error(response: httpx.Response, status: int, uid: str | None = None) -
     return text
 
 
-def apply(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    ops = json.loads(base64.b64decode(response["patch"]))
-    result: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(obj), ops)
-    return result
-
-
 # ---------------------------------------------------------------------------------------
 # health and readiness (metrics: test_observability.py)
 
@@ -171,7 +169,7 @@ def test_mutate_round_trip_injects_with_a_patch_that_applies(client: httpx.Clien
     assert answer["allowed"] is True
     assert answer["patchType"] == "JSONPatch"
     assert {"decision", "reason", "policy"} <= set(answer["auditAnnotations"])
-    result = apply(obj, answer)
+    result = patched(obj, answer)
     assert [c["name"] for c in result["spec"]["containers"]] == ["app", "istio-proxy"]
     assert "sidecar.istio.io/status" in result["metadata"]["annotations"]
     assert result["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "istio-cni"
