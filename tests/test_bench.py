@@ -236,9 +236,14 @@ def test_server_cpu_is_counted_per_request_and_summarized_by_median():
     assert run.WrkResult(0, 2.0, 1.0, 1.0, 1.0, 0, server_cpu_s=0.5).cpu_us == 0.0
 
 
+def _with_cpu(rps: float, p50: float, cpu_us: float) -> run.Summary:
+    """One round of `rps` over 2 s whose server spent `cpu_us` per request."""
+    result = _result(rps, p50)
+    return run.summarize([dataclasses.replace(result, server_cpu_s=cpu_us * 2 * rps / 1e6)])
+
+
 def test_cpu_allowed_by_a_throughput_target():
-    floor = dataclasses.replace(_result(1000, 1.0), server_cpu_s=0.12)  # 60 µs a request
-    c = run.Comparison(run.summarize([floor]), run.summarize([_result(600, 1.5)]))
+    c = run.Comparison(_with_cpu(1000, 1.0, 60), run.summarize([_result(600, 1.5)]))
     assert c.cpu_allowed_us(0.6) == pytest.approx(100.0)
 
 
@@ -361,12 +366,6 @@ def test_cells_cover_every_figure_once():
     assert {(b, 16) for b in run.MAIN_BODIES} <= keys
     assert {(b, 1) for b in run.SIZE_BODIES} <= keys
     assert {("inject-cni", c) for c in (1, 16, 64)} <= keys
-
-
-def _with_cpu(rps: float, p50: float, cpu_us: float) -> run.Summary:
-    """One round of `rps` over 2 s whose server spent `cpu_us` per request."""
-    result = _result(rps, p50)
-    return run.summarize([dataclasses.replace(result, server_cpu_s=cpu_us * 2 * rps / 1e6)])
 
 
 def test_render_reports_every_table_and_verdict(all_bodies):

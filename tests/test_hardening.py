@@ -394,11 +394,14 @@ def _protocols(served: Served) -> list[server.GuardedHTTPProtocol]:
 
 
 def _leave(conn: Conn, how: str) -> None:
-    if how == "reset":  # a TCP reset, as a crashed or killed client sends
+    """Close `conn` as `how` says: "close_notify" (a clean TLS close), "no-close-notify"
+    (TCP closed with no TLS close, as wrk leaves) or "reset" (a TCP reset, as a crashed or
+    killed client sends)."""
+    if how == "reset":
         conn.tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    elif how == "close_notify":  # a clean TLS close
+    elif how == "close_notify":
         conn.tls.unwrap()
-    conn.close()  # without unwrap(): TCP closed with no TLS close_notify, as wrk does
+    conn.close()
 
 
 @pytest.mark.parametrize("how", ["close_notify", "no-close-notify", "reset"])
